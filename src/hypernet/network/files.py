@@ -1,0 +1,306 @@
+"""Hypernetwork files: A1111 ``.pt`` of every era (read and written), our ``.safetensors``, ``.pt.optim`` sidecars.
+
+Reading never executes code: pickles are loaded with ``weights_only=True``. Writing is atomic, and ``.pt`` files
+contain only the zip records and pickle globals a stock A1111 accepts, so they can be shared with A1111 users.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors
+import safetensors.torch
+import torch
+
+from hypernet.errors import HypernetError
+from hypernet.fileio import atomic_write_bytes, short_hash
+from hypernet.network.hypernetwork import Architecture, Hypernetwork, check_architecture
+
+SAFETENSORS_FORMAT = "hypernet.hypernetwork/1"
+EXTENSIONS = (".pt", ".safetensors")
+
+# Zip records a stock A1111 allows inside a .pt (newer torch also writes .format_version and .storage_alignment).
+_A1111_RECORDS = ("data.pkl", "version", "byteorder", ".data/serialization_id")
+_ZIP_ALIGNMENT = 64  # torch aligns tensor data so that files can be memory-mapped
+
+
+# =============================================================================================== loading
+def load_hypernetwork(path: str | os.PathLike[str]) -> Hypernetwork:
+    """Load a ``.pt`` (any A1111 era, NovelAI-style included) or hypernet ``.safetensors`` file.
+
+    Raises HypernetError naming the file for anything that is not a loadable hypernetwork.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise HypernetError(f"{path}: no such hypernetwork file")
+    if path.suffix.lower() == ".safetensors":
+        widths, metadata = _read_safetensors(path)
+    else:
+        widths, metadata = _read_pt(path)
+    hn = _build(path, widths, metadata)
+    hn.filename = str(path)
+    _read_optimizer_sidecar(hn, path)
+    return hn
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()
+        detail = next((line for line in reason if "global" in line.lower()), reason[0] if reason else "")
+        raise HypernetError(
+            f"{path}: refused to load: the file contains Python objects other than tensors and plain data "
+            f"({detail.strip()}); hypernet never runs code from model files"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _read_pt(path: Path) -> tuple[dict[int, tuple[Mapping[str, torch.Tensor], ...]], dict[str, Any]]:
+    data = _torch_load(path)
+    if not isinstance(data, dict):
+        raise HypernetError(f"{path}: not a hypernetwork file (it holds a {type(data).__name__}, expected a dict)")
+    _refuse_other_kinds(path, [k for k in data if isinstance(k, str)] + _nested_keys(data))
+    widths: dict[int, tuple[Mapping[str, torch.Tensor], ...]] = {}
+    metadata: dict[str, Any] = {}
+    for key, value in data.items():
+        if type(key) is int:  # A1111: only keys whose type is exactly int are modules
+            if not isinstance(value, (tuple, list)) or len(value) < 2 or not all(isinstance(v, Mapping) for v in value[:2]):
+                raise HypernetError(f"{path}: width {key} must hold a (key, value) pair of state dicts")
+            widths[key] = (value[0], value[1])
+        else:
+            metadata[str(key)] = value
+    if not widths:
+        raise HypernetError(f"{path}: not a hypernetwork file (no integer width keys such as 768 or 320 found)")
+    return widths, metadata
+
+
+def _nested_keys(data: dict[Any, Any]) -> list[str]:
+    sd = data.get("state_dict")
+    return [k for k in sd if isinstance(k, str)][:50] if isinstance(sd, Mapping) else []
+
+
+def _refuse_other_kinds(path: Path, keys: list[str]) -> None:
+    """Name the kind of file people most often pass by mistake instead of failing on a missing key."""
+    if any(k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")) for k in keys) or (
+        "state_dict" in keys
+    ):
+        raise HypernetError(f"{path}: this looks like a Stable Diffusion checkpoint, not a hypernetwork")
+    if any(
+        part in k
+        for k in keys
+        for part in ("lora_up", "lora_down", "lora_A", "lora_B", "lora_unet_", "lora_te", ".alpha", "hada_w", "lokr_")
+    ):
+        raise HypernetError(f"{path}: this looks like a LoRA file, not a hypernetwork (hypernet applies hypernetworks only)")
+    if "string_to_param" in keys or "emb_params" in keys:
+        raise HypernetError(f"{path}: this looks like a textual inversion embedding, not a hypernetwork")
+
+
+def _read_safetensors(path: Path) -> tuple[dict[int, tuple[Mapping[str, torch.Tensor], ...]], dict[str, Any]]:
+    try:
+        with safetensors.safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            names = list(f.keys())
+            if header.get("format") != SAFETENSORS_FORMAT:
+                _refuse_other_kinds(path, names)
+                raise HypernetError(
+                    f"{path}: not a hypernet .safetensors file (header 'format' is {header.get('format')!r}, "
+                    f"expected {SAFETENSORS_FORMAT!r})"
+                )
+            tensors = {name: f.get_tensor(name) for name in names}
+    except HypernetError:
+        raise
+    except Exception as e:  # safetensors raises its own SafetensorError for damaged files
+        raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({_first_line(e)})") from None
+    try:
+        metadata = json.loads(header["metadata"])
+        order = json.loads(header["widths"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise HypernetError(f"{path}: damaged hypernet header ({_first_line(e)})") from None
+    widths: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {w: ({}, {}) for w in order}
+    for name, tensor in tensors.items():
+        width, kv, key = name.split(".", 2)
+        if int(width) not in widths or kv not in ("0", "1"):
+            raise HypernetError(f"{path}: unexpected tensor {name!r} (expected '<width>.<0|1>.<key>' for listed widths)")
+        widths[int(width)][int(kv)][key] = tensor
+    return widths, metadata
+
+
+# ----------------------------------------------------------------------------------- metadata rules
+def _architecture_from_metadata(md: Mapping[str, Any]) -> Architecture:
+    """A1111's loading defaults for every missing key (hypernetwork-format.md §4)."""
+    ls = list(md.get("layer_structure") or [1, 2, 1])
+    ds = md.get("dropout_structure")
+    use_dropout = True if ds is not None and any(p != 0 for p in ds) else bool(md.get("use_dropout", False))
+    last_layer_dropout = bool(md.get("last_layer_dropout", False))
+    if ds is None:
+        if use_dropout:
+            ds = [0] + [0.3] * (len(ls) - 3) + [0.3 if last_layer_dropout else 0] + [0]
+        else:
+            ds = [0] * len(ls)
+    return Architecture(
+        layer_structure=ls,
+        activation_func=md.get("activation_func"),
+        add_layer_norm=bool(md.get("is_layer_norm", False)),
+        activate_output=bool(md.get("activate_output", True)),  # True: pre-2022-10-26 nets activated the output
+        dropout_structure=list(ds),
+        use_dropout=use_dropout,
+        last_layer_dropout=last_layer_dropout,
+        weight_init=md.get("weight_initialization", "Normal"),
+    )
+
+
+_LEGACY_KEYS = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias",
+                "linear2.weight": "linear.1.weight", "linear2.bias": "linear.1.bias"}
+
+
+def _build(path: Path, widths: Mapping[int, tuple[Mapping[str, torch.Tensor], ...]], md: Mapping[str, Any]) -> Hypernetwork:
+    arch = _architecture_from_metadata(md)
+    try:
+        check_architecture(arch)
+    except HypernetError as e:
+        raise HypernetError(f"{path}: {e}") from None
+    hn = Hypernetwork(
+        widths,
+        arch,
+        name=md.get("name") or path.stem,
+        step=int(md.get("step") or 0),
+        sd_checkpoint=md.get("sd_checkpoint"),
+        sd_checkpoint_name=md.get("sd_checkpoint_name"),
+        optional_info=md.get("optional_info"),
+    )
+    for width, pair in widths.items():
+        for which, sd, module in zip(("k", "v"), pair, hn.modules_for(width) or ()):
+            sd = {_LEGACY_KEYS.get(k, k): v for k, v in sd.items()}
+            _load_strict(path, width, which, module, sd, arch)
+    return hn.eval()
+
+
+def _load_strict(path: Path, width: int, which: str, module: torch.nn.Module, sd: dict[str, torch.Tensor], arch: Architecture) -> None:
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [f"{k} {tuple(sd[k].shape)} (expected {tuple(t.shape)})" for k, t in expected.items() if k in sd and sd[k].shape != t.shape]
+    if missing or unexpected or wrong:
+        problems = []
+        if missing:
+            problems.append("missing keys " + ", ".join(missing))
+        if unexpected:
+            problems.append("unexpected keys " + ", ".join(unexpected))
+        if wrong:
+            problems.append("wrong shapes " + ", ".join(wrong))
+        raise HypernetError(
+            f"{path}: the {which} module for width {width} does not match its metadata "
+            f"(layer_structure={arch.layer_structure}, activation={arch.activation_func}, "
+            f"layer_norm={arch.add_layer_norm}, dropout={arch.dropout_structure}): {'; '.join(problems)}. "
+            "A1111 cannot load this file either"
+        )
+    module.load_state_dict({k: t.to(torch.float32) for k, t in sd.items()}, strict=True)
+
+
+# ================================================================================================ saving
+def save_hypernetwork(hn: Hypernetwork, path: str | os.PathLike[str], *, optimizer: torch.optim.Optimizer | None = None) -> Path:
+    """Write ``hn`` atomically in the format named by the extension; optionally the ``.pt.optim`` sidecar."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        if optimizer is not None:
+            raise HypernetError(f"{path}: optimizer state can only be saved next to a .pt file")
+        atomic_write_bytes(path, safetensors_bytes(hn))
+    elif suffix == ".pt":
+        payload: dict[Any, Any] = {w: (OrderedDict(k), OrderedDict(v)) for w, (k, v) in hn.module_state_dicts().items()}
+        payload.update(hn.metadata())
+        atomic_write_bytes(path, a1111_pt_bytes(payload, archive_name=path.stem))
+        if optimizer is not None:
+            write_optimizer_sidecar(path, type(optimizer).__name__, optimizer.state_dict())
+    else:
+        raise HypernetError(f"{path}: unknown hypernetwork file extension; expected one of {', '.join(EXTENSIONS)}")
+    return path
+
+
+def safetensors_bytes(hn: Hypernetwork) -> bytes:
+    """Our safetensors layout: tensors ``<width>.<0=k|1=v>.<state-dict key>``, A1111 metadata as JSON in the header."""
+    tensors = {
+        f"{width}.{i}.{key}": tensor
+        for width, pair in hn.module_state_dicts().items()
+        for i, sd in enumerate(pair)
+        for key, tensor in sd.items()
+    }
+    header = {
+        "format": SAFETENSORS_FORMAT,
+        "widths": json.dumps(hn.widths),
+        "metadata": json.dumps(hn.metadata()),
+    }
+    return safetensors.torch.save(tensors, metadata=header)
+
+
+def a1111_pt_bytes(obj: Any, *, archive_name: str = "archive") -> bytes:
+    """``torch.save`` bytes restricted to the zip records A1111's pre-load check allows, data 64-byte aligned."""
+    raw = io.BytesIO()
+    torch.save(obj, raw)
+    raw.seek(0)
+    prefix = "".join(c for c in archive_name if c not in "/\\") or "archive"
+    out = io.BytesIO()
+    with zipfile.ZipFile(raw) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
+        for info in src.infolist():
+            record = info.filename.split("/", 1)[1]
+            if record not in _A1111_RECORDS and not record.startswith("data/"):
+                continue
+            name = f"{prefix}/{record}"
+            zinfo = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            zinfo.compress_type = zipfile.ZIP_STORED
+            header_end = out.tell() + 30 + len(name.encode()) + 4
+            zinfo.extra = b"FB" + (_pad := (-header_end) % _ZIP_ALIGNMENT).to_bytes(2, "little") + b"Z" * _pad
+            dst.writestr(zinfo, src.read(info))
+    return out.getvalue()
+
+
+# ====================================================================================== optimizer sidecar
+def write_optimizer_sidecar(pt_path: Path, optimizer_name: str, state_dict: Mapping[str, Any]) -> Path:
+    """``<file>.pt.optim`` as A1111 writes it, hashed against the ``.pt`` just written so resume finds it."""
+    sidecar = pt_path.with_name(pt_path.name + ".optim")
+    payload = {"optimizer_name": optimizer_name, "hash": short_hash(pt_path), "optimizer_state_dict": state_dict}
+    atomic_write_bytes(sidecar, a1111_pt_bytes(payload, archive_name=sidecar.stem))
+    return sidecar
+
+
+def _read_optimizer_sidecar(hn: Hypernetwork, path: Path) -> None:
+    """Keep the optimizer state only if the sidecar's hash matches this file (A1111's rule)."""
+    sidecar = path.with_name(path.name + ".optim")
+    if path.suffix.lower() != ".pt" or not sidecar.is_file():
+        return
+    data = _torch_load(sidecar)
+    if not isinstance(data, dict) or data.get("hash") != short_hash(path):
+        return
+    hn.optimizer_name = str(data.get("optimizer_name") or "AdamW")
+    hn.optimizer_state_dict = data.get("optimizer_state_dict")
+
+
+# ============================================================================================= discovery
+def list_hypernetworks(directory: str | os.PathLike[str]) -> dict[str, Path]:
+    """A1111's discovery: recursive ``*.pt`` (plus our ``.safetensors``), sorted case-insensitively by path,
+    keyed by file stem (a later duplicate wins), ``None.pt`` skipped."""
+    root = Path(directory)
+    if not root.is_dir():
+        return {}
+    found = [p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS]
+    result: dict[str, Path] = {}
+    for p in sorted(found, key=lambda p: str(p).lower()):
+        if p.stem == "None":
+            continue
+        result[p.stem] = p
+    return result
