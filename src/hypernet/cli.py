@@ -1,0 +1,178 @@
+"""The ``hypernet`` command line. Errors are one sentence; ``--debug`` shows the traceback instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hypernet.errors import HypernetError
+from hypernet.fileio import short_hash
+from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
+from hypernet.network.module import WEIGHT_INITS
+
+app = typer.Typer(
+    help="Stable Diffusion hypernetworks: create, inspect, convert, list (A1111-compatible files).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+DEFAULT_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
+HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+    """Options shared by every command (``--debug`` is read by ``main``)."""
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HypernetError(f"{what} {text!r} must be comma-separated numbers, e.g. \"1, 2, 1\"") from None
+
+
+def _widths(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise HypernetError(f"--sizes {text!r} must be comma-separated integers, e.g. 768,320,640,1280") from None
+
+
+def sanitize_name(name: str) -> str:
+    """A1111 keeps only letters, digits and ``._- `` in a new network's name."""
+    clean = "".join(c for c in name if c.isalnum() or c in "._- ").strip()
+    if not clean:
+        raise HypernetError(f"hypernetwork name {name!r} has no usable characters (letters, digits, '._- ')")
+    return clean
+
+
+@app.command()
+def create(
+    name: str,
+    dir: HnDir = DEFAULT_HN_DIR,
+    sizes: Annotated[str, typer.Option(help="Context widths to give modules to.")] = "768,320,640,1280",
+    layers: Annotated[str, typer.Option(help="Layer structure, e.g. \"1, 2, 1\".")] = "1, 2, 1",
+    activation: Annotated[str, typer.Option(help="linear, relu, swish (= Hardswish), or any torch.nn activation name.")] = "linear",
+    init: Annotated[str, typer.Option(help=f"Weight initialization: {', '.join(WEIGHT_INITS)}.")] = "Normal",
+    layer_norm: Annotated[bool, typer.Option("--layer-norm", help="Add LayerNorm after every Linear.")] = False,
+    dropout: Annotated[Optional[str], typer.Option(help="Dropout structure, e.g. \"0, 0.1, 0\".")] = None,
+    activate_output: Annotated[bool, typer.Option("--activate-output", help="Also apply the activation after the last layer.")] = False,
+    format: Annotated[str, typer.Option(help="pt (A1111) or safetensors.")] = "pt",
+    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible initial weights.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+) -> None:
+    """Create a new hypernetwork file, like A1111's "Create hypernetwork" form."""
+    if format not in ("pt", "safetensors"):
+        raise HypernetError(f"--format {format!r} must be 'pt' or 'safetensors'")
+    clean = sanitize_name(name)
+    path = dir / f"{clean}.{format}"
+    if path.exists() and not overwrite:
+        raise HypernetError(f"{path} already exists; pass --overwrite to replace it")
+    net = Hypernetwork.create(
+        clean,
+        _widths(sizes),
+        layer_structure=_numbers(layers, "--layers"),
+        activation_func=activation,
+        weight_init=init,
+        add_layer_norm=layer_norm,
+        dropout_structure=_numbers(dropout, "--dropout") if dropout else None,
+        activate_output=activate_output,
+        seed=seed,
+    )
+    net.save(path)
+    Console().print(f"Created {path} ({net.num_parameters():,} parameters)")
+
+
+def describe_file(path: Path) -> dict[str, object]:
+    """What ``inspect`` shows, as plain data (also used by the HTTP API and UI)."""
+    net = load_hypernetwork(path)
+    a = net.arch
+    return {
+        "name": net.name,
+        "file": str(path),
+        "format": "safetensors (hypernet)" if path.suffix.lower() == ".safetensors" else "pt (A1111)",
+        "widths": net.widths,
+        "layer_structure": a.layer_structure,
+        "activation": a.activation_func,
+        "activate_output": a.activate_output,
+        "layer_norm": a.add_layer_norm,
+        "dropout_structure": a.dropout_structure,
+        "weight_init": a.weight_init,
+        "parameters": net.num_parameters(),
+        "step": net.step,
+        "sd_checkpoint": net.sd_checkpoint,
+        "sd_checkpoint_name": net.sd_checkpoint_name,
+        "sha256": short_hash(path),
+        "optimizer_state": net.optimizer_name if net.optimizer_state_dict is not None else None,
+    }
+
+
+@app.command()
+def inspect(
+    file: Path,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show a hypernetwork file's structure, training state and hash."""
+    info = describe_file(file)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(show_header=False, title=str(file))
+    for key, value in info.items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) and key == "parameters" else str(value))
+    Console().print(table)
+
+
+@app.command()
+def convert(src: Path, dst: Path) -> None:
+    """Convert between .pt (A1111) and .safetensors, losslessly."""
+    if dst.exists() and dst.resolve() == src.resolve():
+        raise HypernetError(f"{dst}: output must differ from the input")
+    load_hypernetwork(src).save(dst)
+    Console().print(f"Wrote {dst}")
+
+
+@app.command("list")
+def list_(dir: HnDir = DEFAULT_HN_DIR) -> None:
+    """List hypernetworks the way A1111 discovers them (recursive; name = file stem)."""
+    found = list_hypernetworks(dir)
+    if not found:
+        Console().print(f"No hypernetworks in {dir}")
+        return
+    table = Table("name", "file")
+    for name, path in found.items():
+        table.add_row(name, str(path))
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one line (exit 2); ``--debug`` re-raises them."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="hypernet", standalone_mode=False)
+    except HypernetError as e:
+        if debug:
+            raise
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        Console(stderr=True).print("interrupted")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()
