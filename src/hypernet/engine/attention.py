@@ -18,14 +18,76 @@ from hypernet.network.hypernetwork import Hypernetwork, apply_stack
 
 @dataclass
 class HypernetworkStack:
-    """The ordered (network, multiplier) list a model applies now; empty means "plain model"."""
+    """The ordered (network, multiplier) list a model applies now, plus per-generation caches.
+
+    At inference (no grad) two things make networks nearly free: a purely linear stack is folded into the
+    ``to_k``/``to_v`` weights once, and a cross-attention text context, identical in every layer of a width
+    and every step, is transformed once. ``set()`` clears both, so call it per generation.
+    """
 
     entries: list[tuple[Hypernetwork, float]] = field(default_factory=list)
+    _affine: dict[int, tuple[torch.Tensor, ...] | None] = field(default_factory=dict, repr=False)
+    _folded: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
+    _text: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def set(self, entries: Sequence[tuple[Hypernetwork, float]]) -> None:
         for hn, _ in entries:
             hn.check_runnable()
         self.entries = list(entries)
+        self.clear_caches()
+
+    def clear_caches(self) -> None:
+        """Forget folded weights and cached contexts (networks, multipliers or model weights changed)."""
+        self._affine.clear()
+        self._folded.clear()
+        self._text.clear()
+
+    def active(self, width: int) -> list[tuple[Hypernetwork, float]]:
+        """Entries that change a context of this width (multiplier 0 is the identity, so it is skipped)."""
+        return [(hn, m) for hn, m in self.entries if m != 0 and hn.modules_for(width) is not None]
+
+    def affine(self, width: int) -> tuple[torch.Tensor, ...] | None:
+        """``(Mk, dk, Mv, dv)`` (float64) with ``ctx_k = ctx @ Mk.T + dk`` if every active network is affine."""
+        if width not in self._affine:
+            maps: list[torch.Tensor] = []
+            for i in (0, 1):
+                m_total, d_total = torch.eye(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
+                for hn, mult in self.active(width):
+                    ac = hn.modules_for(width)[i].affine()  # type: ignore[index]
+                    if ac is None:
+                        self._affine[width] = None
+                        return None
+                    a, c = ac
+                    m_total, d_total = m_total + mult * (a @ m_total), d_total + mult * (a @ d_total + c)
+                maps += [m_total, d_total]
+            self._affine[width] = tuple(maps)
+        return self._affine[width]
+
+    def folded(self, attn: Attention, width: int) -> tuple[torch.Tensor, ...] | None:
+        """``(Wk, bk, Wv, bv)``: this layer's ``to_k``/``to_v`` with the linear stack folded in, made once."""
+        key = id(attn)
+        if key not in self._folded:
+            maps = self.affine(width)
+            if maps is None or type(attn.to_k) is not torch.nn.Linear or type(attn.to_v) is not torch.nn.Linear:
+                return None
+            mk, dk, mv, dv = maps
+            fold = []
+            for lin, m, d in ((attn.to_k, mk, dk), (attn.to_v, mv, dv)):
+                w = lin.weight.detach().double()
+                b = w @ d + (lin.bias.detach().double() if lin.bias is not None else 0)
+                fold += [(w @ m).to(lin.weight.dtype), b.to(lin.weight.dtype)]
+            self._folded[key] = tuple(fold)
+        return self._folded[key]
+
+    def text_contexts(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``apply_stack`` for a cross-attention context, reusing the result while the same tensor comes back."""
+        width = context.shape[-1]
+        hit = self._text.get(width)
+        if hit is not None and hit[0] is context:
+            return hit[1], hit[2]
+        ctx_k, ctx_v = apply_stack(self.active(width), context)
+        self._text[width] = (context, ctx_k, ctx_v)
+        return ctx_k, ctx_v
 
 
 class HypernetworkAttnProcessor:
@@ -65,14 +127,13 @@ class HypernetworkAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         query = attn.to_q(hidden_states)
+        is_cross = encoder_hidden_states is not None
         if encoder_hidden_states is None:
             encoder_hidden_states = hidden_states
         elif attn.norm_cross:
             encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
 
-        ctx_k, ctx_v = apply_stack(self.stack.entries, encoder_hidden_states)
-        key = attn.to_k(ctx_k)
-        value = attn.to_v(ctx_v)
+        key, value = self._key_value(attn, encoder_hidden_states, is_cross)
 
         head_dim = key.shape[-1] // attn.heads
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
@@ -92,6 +153,21 @@ class HypernetworkAttnProcessor:
         if attn.residual_connection:
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
+
+
+    def _key_value(self, attn: Attention, context: torch.Tensor, is_cross: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        width = context.shape[-1]
+        if not self.stack.active(width):
+            return attn.to_k(context), attn.to_v(context)
+        if torch.is_grad_enabled():  # training: weights change every step, nothing may be cached
+            ctx_k, ctx_v = apply_stack(self.stack.active(width), context)
+            return attn.to_k(ctx_k), attn.to_v(ctx_v)
+        fold = self.stack.folded(attn, width)
+        if fold is not None:
+            wk, bk, wv, bv = fold
+            return F.linear(context, wk, bk), F.linear(context, wv, bv)
+        ctx_k, ctx_v = self.stack.text_contexts(context) if is_cross else apply_stack(self.stack.active(width), context)
+        return attn.to_k(ctx_k), attn.to_v(ctx_v)
 
 
 def install_hypernetworks(model: torch.nn.Module, stack: HypernetworkStack | None = None) -> HypernetworkStack:

@@ -128,3 +128,17 @@ class HypernetworkModule(nn.Module):
 
     def forward(self, x: torch.Tensor, multiplier: float = 1.0) -> torch.Tensor:
         return x + self.linear(x) * multiplier
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(A, c)`` in float64 with ``linear(x) == x @ A.T + c`` if the MLP is purely affine (only Linear
+        layers, dropout inactive), else None. This is what lets the engine fold a linear network into weights."""
+        a: torch.Tensor | None = None
+        c: torch.Tensor | None = None
+        for layer in self.linear:
+            if isinstance(layer, nn.Dropout) and not self.training:
+                continue
+            if not isinstance(layer, nn.Linear):
+                return None
+            w, b = layer.weight.detach().double(), layer.bias.detach().double()
+            a, c = (w, b) if a is None else (w @ a, w @ c + b)
+        return (a, c) if a is not None and c is not None else None
