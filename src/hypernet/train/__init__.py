@@ -1,0 +1,1 @@
+"""Hypernetwork training, step for step as A1111's "Train Hypernetwork" tab does it."""
