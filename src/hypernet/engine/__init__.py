@@ -1,0 +1,1 @@
+"""Diffusion with hypernetworks on diffusers: loading checkpoints, the attention processor, sampling, generation."""
