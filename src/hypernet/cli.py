@@ -155,6 +155,83 @@ def list_(dir: HnDir = DEFAULT_HN_DIR) -> None:
     Console().print(table)
 
 
+@app.command()
+def generate(
+    prompt: str,
+    model: Annotated[Path, typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id.")],
+    negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
+    hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
+    sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'.")] = "DPM++ 2M",
+    scheduler: Annotated[str, typer.Option(help="Schedule type: Automatic, Karras, Exponential, ...")] = "Automatic",
+    steps: int = 20,
+    cfg: Annotated[float, typer.Option(help="CFG scale.")] = 7.0,
+    seed: Annotated[int, typer.Option(help="-1 = random.")] = -1,
+    size: Annotated[str, typer.Option(help="WIDTHxHEIGHT, multiples of 8.")] = "512x512",
+    batch_size: int = 1,
+    batch_count: int = 1,
+    clip_skip: int = 1,
+    init_image: Annotated[Optional[Path], typer.Option(help="img2img source image.")] = None,
+    denoise: Annotated[float, typer.Option(help="img2img denoising strength.")] = 0.75,
+    vae: Annotated[Optional[Path], typer.Option(help="Separate VAE file.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("outputs"),
+) -> None:
+    """Generate images; <hypernet:NAME:WEIGHT> in the prompt applies hypernetworks (A1111 syntax)."""
+    from PIL import Image, UnidentifiedImageError
+    from rich.progress import Progress
+
+    from hypernet.engine.checkpoints import load_pipeline
+    from hypernet.engine.generate import Generator, Settings
+    from hypernet.engine.infotext import save_image
+
+    try:
+        width, height = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise HypernetError(f"--size {size!r} must look like 512x768") from None
+    init = None
+    if init_image is not None:
+        try:
+            init = Image.open(init_image)
+        except (OSError, UnidentifiedImageError):
+            raise HypernetError(f"{init_image}: not a readable image") from None
+    console = Console()
+    with console.status(f"loading {model}"):
+        pipe, info = load_pipeline(str(model), vae=vae)
+    settings = Settings(prompt, negative, sampler, scheduler, steps, cfg, seed, width, height, batch_size,
+                        batch_count, clip_skip, init, denoise)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("sampling", total=steps * batch_count)
+        result = Generator(pipe, info, hypernetwork_dir).generate(settings, lambda done, total: bar.update(task, completed=done))
+    for a in result.applied:
+        hits = ", ".join(f"{n} layers at width {w}" for w, n in sorted(a.layers_by_width.items()))
+        console.print(f"applied {a.name} x{a.multiplier}: {hits}")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    out.mkdir(parents=True, exist_ok=True)
+    start = len(list(out.glob("*.png")))
+    for i, (image, text, seed_used) in enumerate(zip(result.images, result.infotexts, result.seeds)):
+        path = out / f"{start + i:05d}-{seed_used}.png"
+        save_image(image, path, text)
+        console.print(f"saved {path}")
+
+
+@app.command("png-info")
+def png_info(file: Path) -> None:
+    """Print the generation parameters stored in an image (ours or A1111's)."""
+    from PIL import Image, UnidentifiedImageError
+
+    from hypernet.engine.infotext import parse_infotext, read_infotext
+
+    try:
+        with Image.open(file) as image:
+            text, _ = read_infotext(image)
+    except (OSError, UnidentifiedImageError):
+        raise HypernetError(f"{file}: not a readable image") from None
+    if not text:
+        raise HypernetError(f"{file}: the image holds no generation parameters")
+    print(text)
+    print(json.dumps(parse_infotext(text), indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one line (exit 2); ``--debug`` re-raises them."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,228 @@
+"""txt2img / img2img with hypernetworks: A1111 prompts, samplers and infotext on a diffusers pipeline.
+
+One :class:`Generator` owns one loaded model and the hypernetwork processor installed on its UNet; every call
+parses the prompt's ``<hypernet:...>`` tags, activates exactly those networks, and reports what was applied.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
+from PIL import Image
+
+from hypernet import __version__
+from hypernet.engine.attention import install_hypernetworks
+from hypernet.engine.checkpoints import ModelInfo
+from hypernet.engine.conditioning import PromptEncoder
+from hypernet.engine.infotext import format_infotext
+from hypernet.engine.samplers import make_scheduler, resolve_sampler
+from hypernet.errors import HypernetError
+from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
+from hypernet.prompt.syntax import prompt_schedules
+from hypernet.prompt.tags import parse_batch
+
+Progress = Callable[[int, int], None]  # (step done, total steps)
+
+
+@dataclass
+class Settings:
+    """One generation's parameters, named as A1111's API names them."""
+
+    prompt: str
+    negative_prompt: str = ""
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    steps: int = 20
+    cfg_scale: float = 7.0
+    seed: int = -1
+    width: int = 512
+    height: int = 512
+    batch_size: int = 1
+    n_iter: int = 1
+    clip_skip: int = 1
+    init_image: Image.Image | None = None
+    denoising_strength: float = 0.75
+    sd_hypernetwork: str | None = None  # A1111's "Add hypernetwork to prompt" setting
+    extra_networks_default_multiplier: float = 1.0
+
+    def check(self) -> None:
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value < 8 or value % 8:
+                raise HypernetError(f"{name} is {value}; expected a positive multiple of 8, e.g. 512.")
+        if self.steps < 1:
+            raise HypernetError(f"steps is {self.steps}; expected at least 1.")
+        if self.batch_size < 1 or self.n_iter < 1:
+            raise HypernetError("batch size and batch count must be at least 1.")
+        if not 0 < self.denoising_strength <= 1 and self.init_image is not None:
+            raise HypernetError(f"denoising strength is {self.denoising_strength}; expected a value in (0, 1].")
+
+
+@dataclass
+class Applied:
+    """One network that acted on this generation, and where."""
+
+    name: str
+    multiplier: float
+    path: str
+    layers_by_width: dict[int, int]
+
+
+@dataclass
+class Result:
+    images: list[Image.Image]
+    infotexts: list[str]
+    seeds: list[int]
+    applied: list[Applied] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Generator:
+    """A loaded model that generates with hypernetworks named in prompts (``<hypernet:NAME:WEIGHT>``)."""
+
+    def __init__(self, pipe: DiffusionPipeline, info: ModelInfo, hypernetwork_dir: str | os.PathLike[str] | None = None) -> None:
+        self.pipe = pipe
+        pipe.set_progress_bar_config(disable=True)  # callers show progress through ``progress``
+        self.info = info
+        self.hypernetwork_dir = Path(hypernetwork_dir) if hypernetwork_dir is not None else None
+        self.stack = install_hypernetworks(pipe.unet)
+        self._loaded: dict[str, tuple[float, Hypernetwork]] = {}  # path -> (mtime, network)
+        self._attention_widths = self._count_attention_widths()
+
+    def _count_attention_widths(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for module in self.pipe.unet.modules():
+            if hasattr(module, "to_k") and hasattr(module, "processor"):
+                counts[module.to_k.in_features] = counts.get(module.to_k.in_features, 0) + 1
+        return counts
+
+    def available(self) -> dict[str, Path]:
+        """Hypernetworks discovered in the folder now (A1111's rules); re-scanned on every call."""
+        return list_hypernetworks(self.hypernetwork_dir) if self.hypernetwork_dir else {}
+
+    def _network(self, path: Path) -> Hypernetwork:
+        mtime = path.stat().st_mtime
+        cached = self._loaded.get(str(path))
+        if cached is None or cached[0] != mtime:  # a retrained file is reloaded, never stale
+            net = load_hypernetwork(path).to(self.pipe.unet.device)
+            cached = self._loaded[str(path)] = (mtime, net)
+        return cached[1]
+
+    def activate(self, prompts: list[str], s: Settings) -> tuple[list[str], list[str], list[Applied], list[str]]:
+        """Parse tags, load and activate the networks; returns (clean prompts, infotext prompts, applied, warnings)."""
+        available = self.available()
+        batch = parse_batch(prompts, available, sd_hypernetwork=s.sd_hypernetwork,
+                            default_multiplier=s.extra_networks_default_multiplier)
+        entries, applied, warnings = [], [], list(batch.warnings)
+        text_widths = set(self.info.text_widths) | ({sum(self.info.text_widths)} if len(self.info.text_widths) > 1 else set())
+        for sel in batch.hypernetworks:
+            net = self._network(available[sel.name])
+            entries.append((net, sel.multiplier))
+            hits = {w: n for w, n in self._attention_widths.items() if net.modules_for(w) is not None}
+            applied.append(Applied(sel.name, sel.multiplier, str(available[sel.name]), hits))
+            if not any(w in text_widths for w in hits):
+                text = sorted(w for w in self._attention_widths if w in text_widths)
+                warnings.append(
+                    f"hypernetwork {sel.name!r} has no module for this model's text width {text} (it has {net.widths}), "
+                    "so it does not change cross-attention; it was probably made for another model family."
+                )
+            if not hits:
+                warnings.append(f"hypernetwork {sel.name!r} matches no attention layer of this model: it has no effect.")
+        self.stack.set(entries)
+        return batch.prompts, batch.infotext_prompts, applied, warnings
+
+    def generate(self, s: Settings, progress: Progress | None = None) -> Result:
+        """txt2img, or img2img when ``s.init_image`` is set. Same seed, same image."""
+        s.check()
+        sampler, schedule = resolve_sampler(s.sampler_name, s.scheduler)
+        base_seed = random.randrange(2**32) if s.seed == -1 else int(s.seed)
+        pipe = self.pipe if s.init_image is None else AutoPipelineForImage2Image.from_pipe(self.pipe)
+        pipe.scheduler = make_scheduler(s.sampler_name, s.scheduler, self.pipe.scheduler.config)
+        encoder = PromptEncoder(self.pipe, clip_skip=s.clip_skip)
+        result = Result([], [], [])
+        total = s.n_iter * s.steps
+        for it in range(s.n_iter):
+            seeds = [base_seed + it * s.batch_size + i for i in range(s.batch_size)]
+            prompts = [s.prompt] * s.batch_size
+            clean, info_prompts, applied, warnings = self.activate(prompts, s)
+            result.applied, result.warnings = applied, list(dict.fromkeys(result.warnings + warnings))
+            images = self._run(pipe, encoder, clean[0], s, seeds, lambda done: progress and progress(it * s.steps + done, total))
+            for image, seed, prompt in zip(images, seeds, info_prompts):
+                result.images.append(image)
+                result.seeds.append(seed)
+                result.infotexts.append(self.infotext(prompt, s, seed, sampler.name, schedule.label))
+        self.stack.set([])
+        return result
+
+    def _run(self, pipe: DiffusionPipeline, encoder: PromptEncoder, prompt: str, s: Settings, seeds: list[int],
+             on_step: Callable[[int], None]) -> list[Image.Image]:
+        device, dtype = self.pipe.unet.device, self.pipe.unet.dtype
+        cond_sched = prompt_schedules([prompt], s.steps)[0]
+        uncond_sched = prompt_schedules([s.negative_prompt], s.steps)[0]
+
+        def embeds_at(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+            c = encoder.encode(next(t for end, t in cond_sched if step <= end))
+            u = encoder.encode(next(t for end, t in uncond_sched if step <= end))
+            ce, ue = encoder.pad_to_same_length(c.embeds, u.embeds)
+            n = len(seeds)
+            cast = lambda t: None if t is None else t.to(device, dtype).repeat(n, *[1] * (t.dim() - 1))  # noqa: E731
+            return cast(ce), cast(ue), cast(c.pooled), cast(u.pooled)
+
+        schedule_steps = sorted({end for end, _ in cond_sched} | {end for end, _ in uncond_sched})
+        kwargs: dict[str, object] = {}
+        ce, ue, cp, up = embeds_at(0)
+        kwargs.update(prompt_embeds=ce, negative_prompt_embeds=ue)
+        if cp is not None:
+            kwargs.update(pooled_prompt_embeds=cp, negative_pooled_prompt_embeds=up)
+        if s.init_image is not None:
+            kwargs.update(image=s.init_image.convert("RGB").resize((s.width, s.height)), strength=s.denoising_strength)
+        else:
+            kwargs.update(width=s.width, height=s.height)
+
+        def on_step_end(p: DiffusionPipeline, i: int, t: object, tensors: dict) -> dict:
+            on_step(i + 1)
+            if len(schedule_steps) > 1 and "prompt_embeds" in tensors:  # prompt editing: swap conditioning
+                nce, nue, _, _ = embeds_at(i + 1)
+                if p.do_classifier_free_guidance:
+                    tensors["prompt_embeds"] = torch.cat([nue, nce])
+                else:
+                    tensors["prompt_embeds"] = nce
+            return tensors
+
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]  # CPU noise: same on every device
+        steps = s.steps
+        if s.init_image is not None and int(steps * s.denoising_strength) < 1:
+            steps = math.ceil(1 / s.denoising_strength)  # img2img runs steps * strength: keep at least one
+        out = pipe(
+            num_inference_steps=steps,
+            guidance_scale=s.cfg_scale,
+            generator=generators,
+            num_images_per_prompt=1,
+            callback_on_step_end=on_step_end,
+            callback_on_step_end_tensor_inputs=["prompt_embeds"],
+            **kwargs,
+        )
+        return list(out.images)
+
+    def infotext(self, prompt: str, s: Settings, seed: int, sampler: str, schedule: str) -> str:
+        params: dict[str, object] = {
+            "Steps": s.steps,
+            "Sampler": sampler,
+            "Schedule type": schedule,
+            "CFG scale": s.cfg_scale,
+            "Seed": seed,
+            "Size": f"{s.width}x{s.height}",
+            "Model hash": self.info.short_hash,
+            "Model": self.info.name,
+            "Denoising strength": s.denoising_strength if s.init_image is not None else None,
+            "Clip skip": s.clip_skip if s.clip_skip > 1 else None,
+            "Version": f"hypernet {__version__}",
+        }
+        return format_infotext(prompt, s.negative_prompt, params)

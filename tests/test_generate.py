@@ -1,0 +1,132 @@
+"""Generation with hypernetworks on tiny SD 1.x / 2.x / XL checkpoints loaded from single files, as users have them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hypernet import Hypernetwork, HypernetError
+from hypernet.cli import main as cli_main
+from hypernet.engine.checkpoints import load_pipeline
+from hypernet.engine.generate import Generator, Settings
+from hypernet.engine.infotext import parse_infotext, read_infotext
+from hypernet.testing import save_single_file, tiny_pipeline
+
+FAST = dict(steps=3, width=64, height=64, seed=7, sampler_name="Euler")
+
+
+@pytest.fixture(scope="module", params=["sd1", "sd2", "sdxl"])
+def setup(request, tmp_path_factory) -> tuple[str, Generator, Path]:
+    family = request.param
+    root = tmp_path_factory.mktemp(family)
+    checkpoint = save_single_file(tiny_pipeline(family), root / f"tiny-{family}.safetensors", family)
+    pipe, info = load_pipeline(checkpoint)
+    hn_dir = root / "hypernetworks"
+    text = sum(info.text_widths)
+    Hypernetwork.create("style", [text, 32, 64], activation_func="swish", weight_init="XavierNormal", seed=1).save(hn_dir / "style.pt")
+    Hypernetwork.create("flat", [text, 32, 64], weight_init="XavierNormal", seed=2).save(hn_dir / "sub" / "flat.pt")
+    Hypernetwork.create("sd1only", [768, 320], seed=3).save(hn_dir / "sd1only.pt")
+    return family, Generator(pipe, info, hn_dir), root
+
+
+def pixels(result) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.float64) for im in result.images])
+
+
+def test_network_changes_image_and_multiplier_zero_is_exactly_plain(setup) -> None:
+    family, gen, _ = setup
+    plain = gen.generate(Settings("a castle", **FAST))
+    styled = gen.generate(Settings("a castle <hypernet:style:0.9>", **FAST))
+    zero = gen.generate(Settings("a castle <hypernet:style:0>", **FAST))
+    assert np.array_equal(pixels(zero), pixels(plain))
+    assert np.abs(pixels(styled) - pixels(plain)).mean() > 0.5
+    applied = styled.applied[0]
+    assert applied.name == "style" and applied.multiplier == 0.9 and applied.layers_by_width
+    again = gen.generate(Settings("a castle", **FAST))
+    assert np.array_equal(pixels(again), pixels(plain)), "networks must not leak into the next generation"
+
+
+def test_same_seed_same_image_and_batches(setup) -> None:
+    _, gen, _ = setup
+    a = gen.generate(Settings("a tree <hypernet:flat:0.5>", batch_size=2, **FAST))
+    b = gen.generate(Settings("a tree <hypernet:flat:0.5>", batch_size=2, **FAST))
+    assert a.seeds == [7, 8] and np.array_equal(pixels(a), pixels(b))
+    assert not np.array_equal(pixels(a)[0], pixels(a)[1])
+
+
+def test_stacked_networks_and_infotext(setup) -> None:
+    family, gen, _ = setup
+    r = gen.generate(Settings("a <hypernet:style:0.7> b <hypernet:flat>", negative_prompt="blurry", **FAST))
+    assert [(a.name, a.multiplier) for a in r.applied] == [("style", 0.7), ("flat", 1.0)]
+    info = parse_infotext(r.infotexts[0])
+    assert info["Prompt"] == "a <hypernet:style:0.7> b <hypernet:flat>"
+    assert info["Negative prompt"] == "blurry"
+    assert info["Seed"] == "7" and info["Size-1"] == "64" and info["Sampler"] == "Euler"
+    assert info["Model"] == f"tiny-{family}" and len(info["Model hash"]) == 10
+
+
+def test_sd_hypernetwork_setting_adds_the_network(setup) -> None:
+    _, gen, _ = setup
+    r = gen.generate(Settings("a dog", sd_hypernetwork="style", extra_networks_default_multiplier=0.6, **FAST))
+    assert [(a.name, a.multiplier) for a in r.applied] == [("style", 0.6)]
+    assert parse_infotext(r.infotexts[0])["Prompt"] == "a dog<hypernet:style:0.6>"
+
+
+def test_unknown_name_and_unsupported_tags(setup) -> None:
+    _, gen, _ = setup
+    with pytest.raises(HypernetError, match="Unknown hypernetwork 'Style'.*'style'"):
+        gen.generate(Settings("a <hypernet:Style:1>", **FAST))
+    r = gen.generate(Settings("a <lora:thing:1>", **FAST))
+    assert any("lora" in w for w in r.warnings)
+
+
+def test_network_for_another_family_warns(setup) -> None:
+    family, gen, _ = setup
+    r = gen.generate(Settings("a <hypernet:sd1only>", **FAST))
+    assert any("no module for this model's text width" in w for w in r.warnings)
+
+
+def test_prompt_syntax_reaches_the_model(setup) -> None:
+    _, gen, _ = setup
+    base = pixels(gen.generate(Settings("a red cube", **FAST)))
+    edited = pixels(gen.generate(Settings("a [red:blue:0.1] cube", **FAST)))
+    emphasised = pixels(gen.generate(Settings("a (red:1.6) cube", **FAST)))
+    assert not np.array_equal(base, edited) and not np.array_equal(base, emphasised)
+
+
+@pytest.mark.parametrize(("field", "value"), [("width", 60), ("height", 0), ("steps", 0)])
+def test_bad_settings(setup, field, value) -> None:
+    _, gen, _ = setup
+    with pytest.raises(HypernetError, match=field):
+        gen.generate(Settings("x", **{**FAST, field: value}))
+
+
+def test_img2img(setup) -> None:
+    _, gen, _ = setup
+    red, blue = Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (30, 30, 200))
+    weak_red = gen.generate(Settings("a <hypernet:style>", init_image=red, denoising_strength=0.3, **FAST))
+    weak_blue = gen.generate(Settings("a <hypernet:style>", init_image=blue, denoising_strength=0.3, **FAST))
+    plain_red = gen.generate(Settings("a", init_image=red, denoising_strength=0.3, **FAST))
+    assert not np.array_equal(pixels(weak_red), pixels(weak_blue)), "the init image must matter"
+    assert not np.array_equal(pixels(weak_red), pixels(plain_red)), "the network must act in img2img"
+    assert "Denoising strength: 0.3" in weak_red.infotexts[0]
+
+
+def test_cli_generate_and_png_info(setup, capsys) -> None:
+    family, gen, root = setup
+    if family != "sd1":
+        pytest.skip("one family is enough for the CLI")
+    out = root / "outputs"
+    cli_main(["generate", "a castle <hypernet:style:0.8>", "--model", str(root / "tiny-sd1.safetensors"),
+              "--hypernetwork-dir", str(root / "hypernetworks"), "--steps", "2", "--size", "64x64", "--seed", "3",
+              "--sampler", "Euler a", "--out", str(out)])
+    files = sorted(out.glob("*.png"))
+    assert len(files) == 1
+    text, _ = read_infotext(Image.open(files[0]))
+    assert text.startswith("a castle <hypernet:style:0.8>") and "Sampler: Euler a" in text
+    assert "applied style x0.8" in capsys.readouterr().out
+    cli_main(["png-info", str(files[0])])
+    assert '"Seed": "3"' in capsys.readouterr().out
