@@ -130,3 +130,83 @@ def test_cli_generate_and_png_info(setup, capsys) -> None:
     assert "applied style x0.8" in capsys.readouterr().out
     cli_main(["png-info", str(files[0])])
     assert '"Seed": "3"' in capsys.readouterr().out
+
+
+def test_generation_hooks_interrupt_and_preview(setup) -> None:
+    family, gen, _ = setup
+    if family != "sd1":
+        pytest.skip("hooks are family-independent")
+    from hypernet.engine.generate import Hooks
+
+    seen, steps = [], []
+    hooks = Hooks(progress=lambda done, total: steps.append((done, total)), latents=lambda l: seen.append(l.shape),
+                  interrupted=lambda: len(steps) >= 2)
+    r = gen.generate(Settings("a <hypernet:style>", n_iter=3, **FAST), hooks=hooks)
+    assert len(r.images) == 1, "the interrupted batch keeps its image; later batches never start"
+    assert steps[:2] == [(1, 9), (2, 9)] and len(seen) == len(steps)
+
+
+def test_extra_networks_apply_like_tags(setup) -> None:
+    family, gen, root = setup
+    if family != "sd1":
+        pytest.skip("family-independent")
+    import hypernet
+
+    net = hypernet.load_hypernetwork(root / "hypernetworks" / "style.pt")
+    by_tag = gen.generate(Settings("a <hypernet:style:0.8>", **FAST))
+    direct = gen.generate(Settings("a", **FAST), extra_networks=[(net, 0.8)])
+    assert np.array_equal(pixels(by_tag), pixels(direct))
+    assert [(a.name, a.multiplier) for a in direct.applied] == [("style", 0.8)]
+
+
+def test_bf16_model_with_fp32_networks(tmp_path) -> None:
+    import torch
+
+    checkpoint = save_single_file(tiny_pipeline("sd1"), tmp_path / "tiny.safetensors", "sd1")
+    pipe32, info = load_pipeline(checkpoint)
+    pipe16, _ = load_pipeline(checkpoint, dtype=torch.bfloat16)
+    Hypernetwork.create("style", [48, 32, 64], activation_func="swish", weight_init="XavierNormal", seed=1).save(tmp_path / "hn" / "style.pt")
+    a = Generator(pipe32, info, tmp_path / "hn").generate(Settings("a <hypernet:style>", **FAST))
+    b_gen = Generator(pipe16, info, tmp_path / "hn")
+    b = b_gen.generate(Settings("a <hypernet:style>", **FAST))
+    assert pipe16.unet.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for _, net in b_gen._loaded.values() for p in net.parameters())
+    assert np.abs(pixels(a) - pixels(b)).mean() < 12, "bf16 should be close to fp32, not a different image"
+
+
+def test_memory_options_refuse_cleanly_without_gpu(setup) -> None:
+    import torch
+
+    from hypernet.engine.generate import apply_memory_options
+
+    _, gen, _ = setup
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(HypernetError, match="no GPU was found"):
+        apply_memory_options(gen.pipe, medvram=True)
+    with pytest.raises(HypernetError, match="not both"):
+        apply_memory_options(gen.pipe, medvram=True, lowvram=True)
+
+
+def test_prompts_file_split_across_two_processes(setup, tmp_path) -> None:
+    """`accelerate launch` with 2 CPU processes: every prompt of the file is generated exactly once."""
+    import subprocess
+    import sys
+
+    family, _, root = setup
+    if family != "sd1":
+        pytest.skip("one family is enough")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a castle <hypernet:style:0.5>\n# a comment\n\na tree\na river\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hypernet.cli", "generate",
+           "--prompts", str(prompts), "--model", str(root / "tiny-sd1.safetensors"), "--hypernetwork-dir",
+           str(root / "hypernetworks"), "--steps", "2", "--size", "64x64", "--seed", "5", "--sampler", "Euler",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p.name for p in out.glob("*.png"))
+    assert files == ["00000-5.png", "00001-6.png", "00002-7.png"]
+    texts = [read_infotext(Image.open(out / f))[0].split("\n")[0] for f in files]
+    assert texts == ["a castle <hypernet:style:0.5>", "a tree", "a river"]

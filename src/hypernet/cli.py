@@ -157,8 +157,10 @@ def list_(dir: HnDir = DEFAULT_HN_DIR) -> None:
 
 @app.command()
 def generate(
-    prompt: str,
-    model: Annotated[Path, typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id.")],
+    prompt: Annotated[Optional[str], typer.Argument(help="Prompt (A1111 syntax); omit with --prompts.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id.")] = None,
+    prompts: Annotated[Optional[Path], typer.Option(help="A file with one prompt per line; under `accelerate launch` "
+                                                    "the lines are split across processes.")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
     hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
     sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'.")] = "DPM++ 2M",
@@ -173,16 +175,28 @@ def generate(
     init_image: Annotated[Optional[Path], typer.Option(help="img2img source image.")] = None,
     denoise: Annotated[float, typer.Option(help="img2img denoising strength.")] = 0.75,
     vae: Annotated[Optional[Path], typer.Option(help="Separate VAE file.")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 model weights (hypernetworks stay fp32).")] = "fp32",
+    medvram: Annotated[bool, typer.Option("--medvram", help="Offload whole models to the CPU between uses (GPU).")] = False,
+    lowvram: Annotated[bool, typer.Option("--lowvram", help="Offload layer by layer: least memory, slowest (GPU).")] = False,
+    vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Decode large images in tiles.")] = False,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("outputs"),
 ) -> None:
     """Generate images; <hypernet:NAME:WEIGHT> in the prompt applies hypernetworks (A1111 syntax)."""
+    import torch
+    from accelerate import PartialState
     from PIL import Image, UnidentifiedImageError
     from rich.progress import Progress
 
     from hypernet.engine.checkpoints import load_pipeline
-    from hypernet.engine.generate import Generator, Settings
+    from hypernet.engine.generate import Generator, Settings, apply_memory_options
     from hypernet.engine.infotext import save_image
 
+    if model is None:
+        raise HypernetError("--model is required: a checkpoint file, a diffusers folder or a Hub id")
+    jobs = _prompt_jobs(prompt, prompts)
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision not in dtypes:
+        raise HypernetError(f"--precision {precision!r} must be one of fp32, fp16, bf16")
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
@@ -193,25 +207,55 @@ def generate(
             init = Image.open(init_image)
         except (OSError, UnidentifiedImageError):
             raise HypernetError(f"{init_image}: not a readable image") from None
+    state = PartialState()  # one process, or one of several under `accelerate launch`
     console = Console()
     with console.status(f"loading {model}"):
-        pipe, info = load_pipeline(str(model), vae=vae)
-    settings = Settings(prompt, negative, sampler, scheduler, steps, cfg, seed, width, height, batch_size,
-                        batch_count, clip_skip, init, denoise)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("sampling", total=steps * batch_count)
-        result = Generator(pipe, info, hypernetwork_dir).generate(settings, lambda done, total: bar.update(task, completed=done))
-    for a in result.applied:
-        hits = ", ".join(f"{n} layers at width {w}" for w, n in sorted(a.layers_by_width.items()))
-        console.print(f"applied {a.name} x{a.multiplier}: {hits}")
-    for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        pipe, info = load_pipeline(model, vae=vae, dtype=dtypes[precision])
+    if not (medvram or lowvram):
+        pipe.to(state.device)
+    apply_memory_options(pipe, medvram=medvram, lowvram=lowvram, vae_tiling=vae_tiling)
+    generator = Generator(pipe, info, hypernetwork_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start = len(list(out.glob("*.png")))
-    for i, (image, text, seed_used) in enumerate(zip(result.images, result.infotexts, result.seeds)):
-        path = out / f"{start + i:05d}-{seed_used}.png"
-        save_image(image, path, text)
-        console.print(f"saved {path}")
+    per_job = batch_size * batch_count
+    start = _next_image_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)
+    state.wait_for_everyone()
+    with state.split_between_processes(jobs) as mine, Progress(console=console, transient=True) as bar:
+        for index, text in mine:
+            job_seed = seed + index * per_job if seed != -1 else -1
+            settings = Settings(text, negative, sampler, scheduler, steps, cfg, job_seed, width, height, batch_size,
+                                batch_count, clip_skip, init, denoise)
+            task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=steps * batch_count)
+            result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done))
+            for a in result.applied:
+                hits = ", ".join(f"{n} layers at width {w}" for w, n in sorted(a.layers_by_width.items()))
+                console.print(f"applied {a.name} x{a.multiplier}: {hits}")
+            for warning in result.warnings:
+                console.print(f"[yellow]warning:[/yellow] {warning}")
+            for i, (image, text_info, seed_used) in enumerate(zip(result.images, result.infotexts, result.seeds)):
+                path = out / f"{start + index * per_job + i:05d}-{seed_used}.png"
+                save_image(image, path, text_info)
+                console.print(f"saved {path}")
+
+
+def _next_image_number(folder: Path) -> int:
+    numbers = [int(p.name.split("-", 1)[0]) for p in folder.glob("*.png") if p.name.split("-", 1)[0].isdigit()]
+    return max(numbers, default=-1) + 1
+
+
+def _prompt_jobs(prompt: str | None, prompts_file: Path | None) -> list[tuple[int, str]]:
+    """(index, prompt) pairs: the one prompt, or the non-empty, non-comment lines of ``--prompts``."""
+    if (prompt is None) == (prompts_file is None):
+        raise HypernetError("give either a PROMPT or --prompts FILE (one of them)")
+    if prompts_file is None:
+        return [(0, prompt or "")]
+    try:
+        lines = prompts_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise HypernetError(f"{prompts_file}: cannot read the prompts file ({e.__class__.__name__})") from None
+    texts = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not texts:
+        raise HypernetError(f"{prompts_file}: no prompts in the file (one per line; # starts a comment)")
+    return list(enumerate(texts))
 
 
 @app.command("png-info")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,6 +29,18 @@ from hypernet.prompt.syntax import prompt_schedules
 from hypernet.prompt.tags import parse_batch
 
 Progress = Callable[[int, int], None]  # (step done, total steps)
+
+
+@dataclass
+class Hooks:
+    """What a caller (CLI progress bar, HTTP server, training previews) can observe and control mid-sampling."""
+
+    progress: Progress | None = None
+    # As in A1111, both end the current batch's sampling early and keep its (partly denoised) images;
+    # ``interrupted`` also drops the batches not started yet, ``skipped`` goes on with them.
+    interrupted: Callable[[], bool] | None = None
+    skipped: Callable[[], bool] | None = None
+    latents: Callable[[torch.Tensor], None] | None = None  # current latents, e.g. for a live preview
 
 
 @dataclass
@@ -84,6 +96,24 @@ class Result:
     warnings: list[str] = field(default_factory=list)
 
 
+def apply_memory_options(pipe: DiffusionPipeline, *, medvram: bool = False, lowvram: bool = False,
+                         vae_tiling: bool = False) -> None:
+    """A1111's ``--medvram`` (whole models offloaded to the CPU between uses) and ``--lowvram`` (layer by layer),
+    plus VAE tiling for large images. None of these replaces the attention processors that apply hypernetworks
+    (diffusers' attention slicing would, so it is not offered; SDPA attention is already memory-efficient)."""
+    if medvram and lowvram:
+        raise HypernetError("choose one of --medvram and --lowvram, not both.")
+    if (medvram or lowvram) and not (torch.cuda.is_available() or torch.backends.mps.is_available()):
+        raise HypernetError("--medvram/--lowvram offload models from a GPU to system memory; no GPU was found, "
+                            "and on the CPU everything is already in system memory.")
+    if medvram:
+        pipe.enable_model_cpu_offload()
+    if lowvram:
+        pipe.enable_sequential_cpu_offload()
+    if vae_tiling:
+        pipe.vae.enable_tiling()
+
+
 class Generator:
     """A loaded model that generates with hypernetworks named in prompts (``<hypernet:NAME:WEIGHT>``)."""
 
@@ -103,6 +133,11 @@ class Generator:
                 counts[module.to_k.in_features] = counts.get(module.to_k.in_features, 0) + 1
         return counts
 
+    @property
+    def device(self) -> torch.device:
+        """Where the UNet computes (with CPU offload, the accelerator, not where weights rest)."""
+        return self.pipe._execution_device
+
     def available(self) -> dict[str, Path]:
         """Hypernetworks discovered in the folder now (A1111's rules); re-scanned on every call."""
         return list_hypernetworks(self.hypernetwork_dir) if self.hypernetwork_dir else {}
@@ -111,35 +146,52 @@ class Generator:
         mtime = path.stat().st_mtime
         cached = self._loaded.get(str(path))
         if cached is None or cached[0] != mtime:  # a retrained file is reloaded, never stale
-            net = load_hypernetwork(path).to(self.pipe.unet.device)
+            net = load_hypernetwork(path).to(self.device)  # fp32 whatever the model's dtype
             cached = self._loaded[str(path)] = (mtime, net)
         return cached[1]
 
-    def activate(self, prompts: list[str], s: Settings) -> tuple[list[str], list[str], list[Applied], list[str]]:
-        """Parse tags, load and activate the networks; returns (clean prompts, infotext prompts, applied, warnings)."""
+    def activate(
+        self, prompts: list[str], s: Settings, extra: Sequence[tuple[Hypernetwork, float]] = ()
+    ) -> tuple[list[str], list[str], list[Applied], list[str]]:
+        """Parse tags, load and activate the networks (then ``extra``, e.g. a network being trained);
+        returns (clean prompts, infotext prompts, applied, warnings)."""
         available = self.available()
         batch = parse_batch(prompts, available, sd_hypernetwork=s.sd_hypernetwork,
                             default_multiplier=s.extra_networks_default_multiplier)
+        chosen = [(self._network(available[sel.name]), sel.multiplier, sel.name, str(available[sel.name]))
+                  for sel in batch.hypernetworks]
+        chosen += [(net.to(self.device), m, net.name, net.filename or "") for net, m in extra]
         entries, applied, warnings = [], [], list(batch.warnings)
         text_widths = set(self.info.text_widths) | ({sum(self.info.text_widths)} if len(self.info.text_widths) > 1 else set())
-        for sel in batch.hypernetworks:
-            net = self._network(available[sel.name])
-            entries.append((net, sel.multiplier))
+        for net, multiplier, name, path in chosen:
+            entries.append((net, multiplier))
             hits = {w: n for w, n in self._attention_widths.items() if net.modules_for(w) is not None}
-            applied.append(Applied(sel.name, sel.multiplier, str(available[sel.name]), hits))
+            applied.append(Applied(name, multiplier, path, hits))
             if not any(w in text_widths for w in hits):
                 text = sorted(w for w in self._attention_widths if w in text_widths)
                 warnings.append(
-                    f"hypernetwork {sel.name!r} has no module for this model's text width {text} (it has {net.widths}), "
+                    f"hypernetwork {name!r} has no module for this model's text width {text} (it has {net.widths}), "
                     "so it does not change cross-attention; it was probably made for another model family."
                 )
             if not hits:
-                warnings.append(f"hypernetwork {sel.name!r} matches no attention layer of this model: it has no effect.")
+                warnings.append(f"hypernetwork {name!r} matches no attention layer of this model: it has no effect.")
         self.stack.set(entries)
         return batch.prompts, batch.infotext_prompts, applied, warnings
 
-    def generate(self, s: Settings, progress: Progress | None = None) -> Result:
-        """txt2img, or img2img when ``s.init_image`` is set. Same seed, same image."""
+    def generate(
+        self,
+        s: Settings,
+        progress: Progress | None = None,
+        *,
+        hooks: Hooks | None = None,
+        extra_networks: Sequence[tuple[Hypernetwork, float]] = (),
+    ) -> Result:
+        """txt2img, or img2img when ``s.init_image`` is set. Same seed, same image.
+
+        ``extra_networks`` are applied after the prompt's tags (training previews use this); ``hooks`` let a
+        caller watch progress and interrupt or skip.
+        """
+        hooks = hooks or Hooks(progress=progress)
         s.check()
         sampler, schedule = resolve_sampler(s.sampler_name, s.scheduler)
         base_seed = random.randrange(2**32) if s.seed == -1 else int(s.seed)
@@ -148,26 +200,31 @@ class Generator:
         encoder = PromptEncoder(self.pipe, clip_skip=s.clip_skip)
         result = Result([], [], [])
         total = s.n_iter * s.steps
-        for it in range(s.n_iter):
-            seeds = [base_seed + it * s.batch_size + i for i in range(s.batch_size)]
-            prompts = [s.prompt] * s.batch_size
-            clean, info_prompts, applied, warnings = self.activate(prompts, s)
-            result.applied, result.warnings = applied, list(dict.fromkeys(result.warnings + warnings))
-            images = self._run(pipe, encoder, clean[0], s, seeds, lambda done: progress and progress(it * s.steps + done, total))
-            for image, seed, prompt in zip(images, seeds, info_prompts):
-                result.images.append(image)
-                result.seeds.append(seed)
-                result.infotexts.append(self.infotext(prompt, s, seed, sampler.name, schedule.label))
-        self.stack.set([])
+        try:
+            for it in range(s.n_iter):
+                if hooks.interrupted and hooks.interrupted():
+                    break
+                seeds = [base_seed + it * s.batch_size + i for i in range(s.batch_size)]
+                prompts = [s.prompt] * s.batch_size
+                clean, info_prompts, applied, warnings = self.activate(prompts, s, extra_networks)
+                result.applied, result.warnings = applied, list(dict.fromkeys(result.warnings + warnings))
+                images = self._run(pipe, encoder, clean[0], s, seeds, hooks, it * s.steps, total)
+                for image, seed, prompt in zip(images, seeds, info_prompts):
+                    result.images.append(image)
+                    result.seeds.append(seed)
+                    result.infotexts.append(self.infotext(prompt, s, seed, sampler.name, schedule.label))
+        finally:
+            self.stack.set([])
         return result
 
     def _run(self, pipe: DiffusionPipeline, encoder: PromptEncoder, prompt: str, s: Settings, seeds: list[int],
-             on_step: Callable[[int], None]) -> list[Image.Image]:
-        device, dtype = self.pipe.unet.device, self.pipe.unet.dtype
+             hooks: Hooks, done_before: int, total: int) -> list[Image.Image]:
+        device, dtype = self.device, self.pipe.unet.dtype
         cond_sched = prompt_schedules([prompt], s.steps)[0]
         uncond_sched = prompt_schedules([s.negative_prompt], s.steps)[0]
 
         def embeds_at(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+            step = min(step, s.steps)
             c = encoder.encode(next(t for end, t in cond_sched if step <= end))
             u = encoder.encode(next(t for end, t in uncond_sched if step <= end))
             ce, ue = encoder.pad_to_same_length(c.embeds, u.embeds)
@@ -187,7 +244,12 @@ class Generator:
             kwargs.update(width=s.width, height=s.height)
 
         def on_step_end(p: DiffusionPipeline, i: int, t: object, tensors: dict) -> dict:
-            on_step(i + 1)
+            if hooks.progress:
+                hooks.progress(done_before + i + 1, total)
+            if hooks.latents and "latents" in tensors:
+                hooks.latents(tensors["latents"])
+            if (hooks.interrupted and hooks.interrupted()) or (hooks.skipped and hooks.skipped()):
+                p._interrupt = True  # diffusers' own way to end the denoising loop early
             if len(schedule_steps) > 1 and "prompt_embeds" in tensors:  # prompt editing: swap conditioning
                 nce, nue, _, _ = embeds_at(i + 1)
                 if p.do_classifier_free_guidance:
@@ -206,7 +268,7 @@ class Generator:
             generator=generators,
             num_images_per_prompt=1,
             callback_on_step_end=on_step_end,
-            callback_on_step_end_tensor_inputs=["prompt_embeds"],
+            callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
             **kwargs,
         )
         return list(out.images)
