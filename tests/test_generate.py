@@ -210,3 +210,13 @@ def test_prompts_file_split_across_two_processes(setup, tmp_path) -> None:
     assert files == ["00000-5.png", "00001-6.png", "00002-7.png"]
     texts = [read_infotext(Image.open(out / f))[0].split("\n")[0] for f in files]
     assert texts == ["a castle <hypernet:style:0.5>", "a tree", "a river"]
+
+
+def test_clip_skip_changes_conditioning_and_is_recorded(setup) -> None:
+    family, gen, _ = setup
+    if family == "sdxl":
+        pytest.skip("SDXL conditions on the penultimate layer already")
+    one = gen.generate(Settings("a castle", **FAST))
+    two = gen.generate(Settings("a castle", clip_skip=2, **FAST))
+    assert not np.array_equal(pixels(one), pixels(two))
+    assert "Clip skip: 2" in two.infotexts[0] and "Clip skip" not in one.infotexts[0]

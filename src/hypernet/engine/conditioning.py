@@ -71,7 +71,7 @@ class PromptEncoder:
             z = out.hidden_states[-(self.clip_skip + 1)]
             pooled = out.text_embeds if hasattr(out, "text_embeds") else None
         else:
-            z = out.last_hidden_state if self.clip_skip == 1 else encoder.text_model.final_layer_norm(out.hidden_states[-self.clip_skip])
+            z = out.last_hidden_state if self.clip_skip == 1 else encoder.final_layer_norm(out.hidden_states[-self.clip_skip])
             pooled = None
         # A1111's emphasis: scale each token's vector by its weight, then restore the original mean.
         # (All-1 weights leave z exactly unchanged, so skip them and a 0/0 on a zero-mean embedding.)
