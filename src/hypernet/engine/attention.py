@@ -18,26 +18,36 @@ from hypernet.network.hypernetwork import Hypernetwork, apply_stack
 
 @dataclass
 class HypernetworkStack:
-    """The ordered (network, multiplier) list a model applies now, plus per-generation caches.
+    """The ordered (network, multiplier) list a model applies now, plus caches that make it nearly free.
 
-    At inference (no grad) two things make networks nearly free: a purely linear stack is folded into the
-    ``to_k``/``to_v`` weights once, and a cross-attention text context, identical in every layer of a width
-    and every step, is transformed once. ``set()`` clears both, so call it per generation.
+    At inference (no grad): a purely linear stack is folded once into each self-attention layer's
+    ``to_k``/``to_v`` weights, and a cross-attention text context, identical in every layer of a width and every
+    step, is transformed once. Folds survive ``set()`` with the same networks, multipliers and weights (any
+    in-place change, e.g. an optimizer step, bumps a tensor version and invalidates them).
     """
 
     entries: list[tuple[Hypernetwork, float]] = field(default_factory=list)
+    _signature: tuple = field(default=(), repr=False)
     _affine: dict[int, tuple[torch.Tensor, ...] | None] = field(default_factory=dict, repr=False)
-    _folded: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
+    _folded: dict[int, tuple[tuple[int, int], tuple[torch.Tensor, ...]]] = field(default_factory=dict, repr=False)
     _text: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
 
     def set(self, entries: Sequence[tuple[Hypernetwork, float]]) -> None:
         for hn, _ in entries:
             hn.check_runnable()
         self.entries = list(entries)
-        self.clear_caches()
+        signature = tuple(
+            (id(hn), m, hn.training, tuple(p._version for p in hn.parameters())) for hn, m in self.entries
+        )
+        self._text.clear()
+        if signature != self._signature:
+            self._signature = signature
+            self._affine.clear()
+            self._folded.clear()
 
     def clear_caches(self) -> None:
-        """Forget folded weights and cached contexts (networks, multipliers or model weights changed)."""
+        """Forget folded weights and cached contexts (e.g. after changing weights without an in-place op)."""
+        self._signature = ()
         self._affine.clear()
         self._folded.clear()
         self._text.clear()
@@ -47,37 +57,43 @@ class HypernetworkStack:
         return [(hn, m) for hn, m in self.entries if m != 0 and hn.modules_for(width) is not None]
 
     def affine(self, width: int) -> tuple[torch.Tensor, ...] | None:
-        """``(Mk, dk, Mv, dv)`` (float64) with ``ctx_k = ctx @ Mk.T + dk`` if every active network is affine."""
+        """``(Mk, dk, Mv, dv)`` with ``ctx_k = ctx @ Mk.T + dk`` if every active network is affine, else None."""
         if width not in self._affine:
             maps: list[torch.Tensor] = []
             for i in (0, 1):
-                m_total, d_total = torch.eye(width, dtype=torch.float64), torch.zeros(width, dtype=torch.float64)
+                m_total: torch.Tensor | None = None  # None stands for the identity: no d x d product needed
+                d_total = torch.zeros(width, dtype=torch.float64)
                 for hn, mult in self.active(width):
                     ac = hn.modules_for(width)[i].affine()  # type: ignore[index]
                     if ac is None:
                         self._affine[width] = None
                         return None
                     a, c = ac
-                    m_total, d_total = m_total + mult * (a @ m_total), d_total + mult * (a @ d_total + c)
-                maps += [m_total, d_total]
+                    step = mult * a if m_total is None else mult * (a @ m_total)
+                    m_total = (torch.eye(width, dtype=torch.float64) if m_total is None else m_total) + step
+                    d_total = d_total + mult * (a @ d_total + c)
+                maps += [torch.eye(width, dtype=torch.float64) if m_total is None else m_total, d_total]
             self._affine[width] = tuple(maps)
         return self._affine[width]
 
     def folded(self, attn: Attention, width: int) -> tuple[torch.Tensor, ...] | None:
         """``(Wk, bk, Wv, bv)``: this layer's ``to_k``/``to_v`` with the linear stack folded in, made once."""
-        key = id(attn)
-        if key not in self._folded:
+        if type(attn.to_k) is not torch.nn.Linear or type(attn.to_v) is not torch.nn.Linear:
+            return None
+        versions = (attn.to_k.weight._version, attn.to_v.weight._version)
+        cached = self._folded.get(id(attn))
+        if cached is None or cached[0] != versions:
             maps = self.affine(width)
-            if maps is None or type(attn.to_k) is not torch.nn.Linear or type(attn.to_v) is not torch.nn.Linear:
+            if maps is None:
                 return None
             mk, dk, mv, dv = maps
             fold = []
             for lin, m, d in ((attn.to_k, mk, dk), (attn.to_v, mv, dv)):
-                w = lin.weight.detach().double()
-                b = w @ d + (lin.bias.detach().double() if lin.bias is not None else 0)
-                fold += [(w @ m).to(lin.weight.dtype), b.to(lin.weight.dtype)]
-            self._folded[key] = tuple(fold)
-        return self._folded[key]
+                w = lin.weight.detach().float()
+                b = w @ d.float() + (lin.bias.detach().float() if lin.bias is not None else 0)
+                fold += [(w @ m.to(w.device, torch.float32)).to(lin.weight.dtype), b.to(lin.weight.dtype)]
+            cached = self._folded[id(attn)] = (versions, tuple(fold))
+        return cached[1]
 
     def text_contexts(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``apply_stack`` for a cross-attention context, reusing the result while the same tensor comes back."""
@@ -162,11 +178,14 @@ class HypernetworkAttnProcessor:
         if torch.is_grad_enabled():  # training: weights change every step, nothing may be cached
             ctx_k, ctx_v = apply_stack(self.stack.active(width), context)
             return attn.to_k(ctx_k), attn.to_v(ctx_v)
+        if is_cross:  # 77 text tokens: transformed once per prompt, cheaper than a fold
+            ctx_k, ctx_v = self.stack.text_contexts(context)
+            return attn.to_k(ctx_k), attn.to_v(ctx_v)
         fold = self.stack.folded(attn, width)
         if fold is not None:
             wk, bk, wv, bv = fold
             return F.linear(context, wk, bk), F.linear(context, wv, bv)
-        ctx_k, ctx_v = self.stack.text_contexts(context) if is_cross else apply_stack(self.stack.active(width), context)
+        ctx_k, ctx_v = apply_stack(self.stack.active(width), context)
         return attn.to_k(ctx_k), attn.to_v(ctx_v)
 
 
