@@ -9,6 +9,8 @@ latents 32x32 (256 px) and 64x64 (512 px) in five variants:
                      the context of EVERY attention call (self and cross), nothing cached, nothing folded
                      (:class:`A1111WayProcessor`, written here as the baseline);
 * ``a1111_swish``    the same with a *swish* network (A1111's "swish" is Hardswish);
+* ``hypernet_swish_bf16``  hypernet's path with ``--hypernetwork-precision bf16`` (the user's opt-in: the
+                     networks run in bfloat16, ~1e-3 relative error; never the default);
 * ``hypernet_linear`` / ``hypernet_swish``  hypernet's own path (``install_hypernetworks`` + ``stack.set``), which
                      folds a linear network into ``to_k``/``to_v`` and transforms the text context once per prompt.
 
@@ -85,7 +87,7 @@ SD15_UNET_CONFIG = {
 NETWORK_WIDTHS = (768, 320, 640, 1280)
 BATCH = 2  # CFG: unconditional + conditional in one batch
 TEXT_TOKENS = 77
-VARIANTS = ("plain", "a1111_linear", "a1111_swish", "hypernet_linear", "hypernet_swish")
+VARIANTS = ("plain", "a1111_linear", "a1111_swish", "hypernet_linear", "hypernet_swish", "hypernet_swish_bf16")
 
 
 def log(msg: str) -> None:
@@ -143,6 +145,12 @@ def make_variants(networks: dict[str, Hypernetwork], multiplier: float) -> dict[
 
         variants[f"a1111_{kind}"] = Variant(f"a1111_{kind}", a_install, a_begin)
         variants[f"hypernet_{kind}"] = Variant(f"hypernet_{kind}", h_install, h_begin)
+
+    def bf16_begin(e: list = [(networks["swish"], multiplier)]) -> None:  # noqa: B006 - bound once, on purpose
+        stack.clear_caches()
+        stack.set(e, dtype=torch.bfloat16)  # --hypernetwork-precision bf16: the user's opt-in, not the default
+
+    variants["hypernet_swish_bf16"] = Variant("hypernet_swish_bf16", h_install, bf16_begin)
     return {name: variants[name] for name in VARIANTS}
 
 
@@ -299,6 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hypernet_linear_vs_a1111": ("hypernet_linear", "a1111_linear"),
         "hypernet_swish_vs_a1111": ("hypernet_swish", "a1111_swish"),
         "hypernet_swish_vs_plain": ("hypernet_swish", "plain"),
+        "hypernet_swish_bf16_vs_a1111": ("hypernet_swish_bf16", "a1111_swish"),
     }
 
     with torch.no_grad():
@@ -342,6 +351,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"(rel {d[f'hypernet_{kind}_vs_a1111_rel']:.3g}); the network moves the output by "
                     f"rel {d[f'a1111_{kind}_vs_plain_rel']:.3g} -> {'OK' if ok else 'FAIL'}"
                 )
+            ref = torch.stack(outputs["a1111_swish"])
+            d["hypernet_swish_bf16_vs_a1111_rel"] = (torch.stack(outputs["hypernet_swish_bf16"]) - ref).abs().max().item() / ref.abs().max().item()
+            checks_ok &= d["hypernet_swish_bf16_vs_a1111_rel"] < 0.1 * d["a1111_swish_vs_plain_rel"] + 1e-3
             diffs[key] = {k: float(f"{v:.4g}") for k, v in d.items()}
 
             times, other = (walls, cpus) if args.clock == "wall" else (cpus, walls)
@@ -376,6 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         limit = {"256px": 0.94, "512px": 0.96}.get(key)
         if limit is not None:
             goals[f"hypernet_swish_vs_a1111_{key}<={limit}"] = ratios[f"hypernet_swish_vs_a1111_{key}"] <= limit
+            goals[f"hypernet_swish_bf16_vs_a1111_{key}<={limit} (opt-in bf16)"] = (
+                ratios[f"hypernet_swish_bf16_vs_a1111_{key}"] <= limit
+            )
     result.update(
         {
             "ratio": ratios[f"hypernet_swish_vs_a1111_{head}"],

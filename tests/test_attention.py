@@ -148,3 +148,22 @@ def test_half_precision_model_keeps_fp32_networks() -> None:
     assert all(p.dtype == torch.float32 for hn, _ in entries for p in hn.parameters())
     want = reference(attention(16, 24), x, ctx, entries)
     torch.testing.assert_close(out.float(), want, atol=0.1, rtol=0.05)
+
+
+def test_low_precision_networks_when_asked() -> None:
+    attn = attention(16, 24)
+    entries = nets("nonlinear")
+    stack = install_hypernetworks(attn)
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 7, 24)
+    with torch.no_grad():
+        stack.set(entries, dtype=torch.bfloat16)
+        low = attn(x, encoder_hidden_states=ctx)
+        copies = stack.entries
+        stack.set(entries, dtype=torch.bfloat16)
+        assert stack.entries is copies, "the low-precision copies are made once, not per generation"
+        assert all(p.dtype == torch.float32 for hn, _ in entries for p in hn.parameters()), "originals stay fp32"
+        assert all(p.dtype == torch.bfloat16 for hn, _ in copies for p in hn.parameters())
+        want = reference(attn, x, ctx, entries)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, want, atol=0.05, rtol=0.02)
+    assert not torch.equal(low, want)

@@ -220,3 +220,14 @@ def test_clip_skip_changes_conditioning_and_is_recorded(setup) -> None:
     two = gen.generate(Settings("a castle", clip_skip=2, **FAST))
     assert not np.array_equal(pixels(one), pixels(two))
     assert "Clip skip: 2" in two.infotexts[0] and "Clip skip" not in one.infotexts[0]
+
+
+def test_hypernetwork_precision_option(setup) -> None:
+    family, gen, _ = setup
+    if family != "sd1":
+        pytest.skip("family-independent")
+    full = gen.generate(Settings("a <hypernet:style>", **FAST))
+    low = gen.generate(Settings("a <hypernet:style>", hypernetwork_precision="bf16", **FAST))
+    assert np.abs(pixels(full) - pixels(low)).mean() < 3
+    with pytest.raises(HypernetError, match="hypernetwork precision 'int8'"):
+        gen.generate(Settings("a", hypernetwork_precision="int8", **FAST))
