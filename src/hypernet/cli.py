@@ -17,6 +17,7 @@ from hypernet.errors import HypernetError
 from hypernet.fileio import short_hash
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
 from hypernet.network.module import WEIGHT_INITS
+from hypernet.prepare.command import preprocess
 
 app = typer.Typer(
     help="Stable Diffusion hypernetworks: create, inspect, convert, list (A1111-compatible files).",
@@ -24,6 +25,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+app.command()(preprocess)
 
 DEFAULT_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
