@@ -1,0 +1,235 @@
+"""What a training run leaves on disk, where A1111 users look for it:
+
+    <log_directory>/<YYYY-MM-DD>/<name>/
+        hypernetworks/<name>-<step>.pt (+ .pt.optim)   snapshots, every save_hypernetwork_every steps
+        images/<name>-<step>.png                       previews with infotext, every create_image_every steps
+        hypernetwork_loss.csv                          step,epoch,epoch_step,loss,learn_rate
+        settings-<YYYY-MM-DD-HH-MM-SS>.json            the run's parameters
+        loss.png                                       hypernet: the loss curve of the run
+        contact_sheet.png                              hypernet: every preview of the folder, by step
+        tensorboard/                                   optional
+
+Every file is written atomically (a temporary file renamed over the target) or, for the CSV, appended with one
+``write`` per row, so a process killed at any moment leaves no half-written file behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+from hypernet.engine.infotext import save_image
+from hypernet.errors import HypernetError
+from hypernet.fileio import atomic_write_bytes
+
+CSV_NAME = "hypernetwork_loss.csv"
+CSV_FIELDS = ("step", "epoch", "epoch_step", "loss", "learn_rate")
+
+
+class RunOutputs:
+    """The log folder of one run (main process only)."""
+
+    def __init__(
+        self,
+        log_directory: str | os.PathLike[str],
+        name: str,
+        started: datetime,
+        *,
+        snapshots: bool,
+        images: bool,
+        csv_every: int,
+        tensorboard: bool = False,
+        tensorboard_images: bool = False,
+        tensorboard_flush_secs: int = 120,
+    ) -> None:
+        self.name = name
+        self.started = started
+        self.root = Path(log_directory) / started.strftime("%Y-%m-%d") / name
+        self.snapshots = self.root / "hypernetworks"
+        self.images = self.root / "images"
+        self.csv_every = csv_every
+        for folder, wanted in ((self.root, True), (self.snapshots, snapshots), (self.images, images)):
+            if wanted:
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as e:
+                    raise HypernetError(f"{folder}: cannot create the log folder ({e.strerror or e}); check log_directory.") from None
+        self._remove_stale_temporaries()
+        self.tensorboard = _tensorboard(self.root / "tensorboard", tensorboard_flush_secs) if tensorboard else None
+        self.tensorboard_images = tensorboard_images
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of a killed earlier run of this network (never a finished file)."""
+        for folder in (self.root, self.snapshots, self.images):
+            if folder.is_dir():
+                for path in folder.glob(".*.tmp"):
+                    if path.name.startswith((f".{self.name}", ".settings-", ".loss.png", ".contact_sheet.png")):
+                        path.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------------------------------------- files
+    def write_settings(self, settings: dict[str, Any]) -> Path:
+        path = self.root / f"settings-{self.started.strftime('%Y-%m-%d-%H-%M-%S')}.json"
+        atomic_write_bytes(path, json.dumps(settings, indent=4, default=str).encode())
+        return path
+
+    def log_loss(self, step: int, steps_per_epoch: int, loss: float, learn_rate: float) -> None:
+        """A1111's CSV row, written when ``step`` is a multiple of ``training_write_csv_every``; the header only
+        when the file is new (a second run on the same day appends)."""
+        if not self.csv_every or step % self.csv_every:
+            return
+        path = self.root / CSV_NAME
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+        if not path.exists() or path.stat().st_size == 0:
+            writer.writeheader()
+        writer.writerow({
+            "step": step,
+            "epoch": (step - 1) // steps_per_epoch,
+            "epoch_step": (step - 1) % steps_per_epoch,
+            "loss": f"{loss:.7f}",
+            "learn_rate": learn_rate,
+        })
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, buffer.getvalue().encode())  # one write: a kill never leaves half a row
+        finally:
+            os.close(fd)
+
+    def snapshot_path(self, step: int) -> Path:
+        return self.snapshots / f"{self.name}-{step}.pt"
+
+    def save_preview(self, image: Image.Image, infotext: str, step: int) -> Path:
+        path = self.images / f"{self.name}-{step}.png"
+        save_image(image, path, infotext)
+        if self.tensorboard is not None and self.tensorboard_images:
+            import numpy as np
+
+            self.tensorboard.add_image("preview", np.asarray(image.convert("RGB")), step, dataformats="HWC")
+        self.write_contact_sheet()
+        return path
+
+    def previews(self) -> list[tuple[int, Path]]:
+        """This network's preview images in the folder (this run's and earlier ones of the day), by step."""
+        pattern = re.compile(rf"{re.escape(self.name)}-(\d+)\.png")
+        found = [(int(m.group(1)), p) for p in self.images.glob("*.png") if (m := pattern.fullmatch(p.name))]
+        return sorted(found)
+
+    def write_contact_sheet(self) -> Path | None:
+        entries = self.previews()
+        if not entries:
+            return None
+        path = self.root / "contact_sheet.png"
+        save_image(contact_sheet(entries, title=self.name), path, None)
+        return path
+
+    def write_loss_curve(self, losses: Sequence[tuple[int, float]]) -> Path | None:
+        if len(losses) < 2:
+            return None
+        path = self.root / "loss.png"
+        save_image(loss_curve(losses, title=f"{self.name}: loss by step"), path, None)
+        return path
+
+    def log_scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+
+
+def _tensorboard(folder: Path, flush_secs: int) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise HypernetError(
+            "training_enable_tensorboard needs the tensorboard package; install it with: pip install tensorboard."
+        ) from None
+    return SummaryWriter(log_dir=str(folder), flush_secs=flush_secs)
+
+
+# ================================================================================================ drawings
+_INK, _GRID, _RAW, _MEAN = (30, 30, 30), (225, 225, 225), (170, 190, 215), (20, 70, 160)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one bitmap size
+        return ImageFont.load_default()
+
+
+def loss_curve(losses: Sequence[tuple[int, float]], *, title: str = "loss", size: tuple[int, int] = (960, 480)) -> Image.Image:
+    """The per-step loss (light) and its moving average (dark) against the step."""
+    width, height = size
+    left, right, top, bottom = 80, 20, 40, 50
+    steps = [s for s, _ in losses]
+    values = [v for _, v in losses]
+    window = max(1, len(values) // 50)
+    mean = [sum(values[max(0, i - window + 1) : i + 1]) / (i - max(0, i - window + 1) + 1) for i in range(len(values))]
+    ordered = sorted(values)
+    low, high = ordered[0], ordered[min(len(ordered) - 1, math.ceil(0.99 * (len(ordered) - 1)))]  # spikes clip
+    if high <= low:
+        high = low + (abs(low) or 1.0) * 0.01
+    first, last = steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 1
+
+    def xy(step: int, value: float) -> tuple[float, float]:
+        x = left + (step - first) / (last - first) * (width - left - right)
+        y = top + (1 - (min(max(value, low), high) - low) / (high - low)) * (height - top - bottom)
+        return x, y
+
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    font, small = _font(16), _font(12)
+    for i in range(5):
+        value = low + (high - low) * i / 4
+        y = xy(first, value)[1]
+        draw.line([(left, y), (width - right, y)], fill=_GRID)
+        draw.text((left - 8, y), f"{value:.4g}", fill=_INK, font=small, anchor="rm")
+    for i in range(5):
+        step = round(first + (last - first) * i / 4)
+        x = xy(step, low)[0]
+        draw.line([(x, top), (x, height - bottom)], fill=_GRID)
+        draw.text((x, height - bottom + 8), str(step), fill=_INK, font=small, anchor="mt")
+    draw.line([xy(s, v) for s, v in losses], fill=_RAW, width=1)
+    draw.line([xy(s, v) for s, v in zip(steps, mean)], fill=_MEAN, width=2)
+    draw.rectangle([left, top, width - right, height - bottom], outline=_INK)
+    draw.text((left, 12), title, fill=_INK, font=font)
+    draw.text((width - right, 12), f"moving average of {window}" if window > 1 else "", fill=_MEAN, font=small, anchor="ra")
+    draw.text(((left + width - right) / 2, height - 18), "step", fill=_INK, font=small, anchor="mm")
+    return image
+
+
+def contact_sheet(entries: Sequence[tuple[int, Path]], *, title: str = "", thumb: int = 256, columns: int = 8) -> Image.Image:
+    """The preview images side by side in step order, each labelled with its step, to pick the last good one."""
+    columns = max(1, min(columns, len(entries), math.ceil(math.sqrt(len(entries) * 2))))
+    rows = math.ceil(len(entries) / columns)
+    label, head = 22, 34 if title else 0
+    sheet = Image.new("RGB", (columns * thumb, head + rows * (thumb + label)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = _font(14)
+    if title:
+        draw.text((8, 8), title, fill=_INK, font=_font(18))
+    for i, (step, path) in enumerate(entries):
+        x, y = (i % columns) * thumb, head + (i // columns) * (thumb + label)
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                image.thumbnail((thumb, thumb))
+        except (OSError, ValueError):
+            continue  # a preview being replaced right now
+        sheet.paste(image, (x + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
+        draw.text((x + thumb / 2, y + thumb + 3), f"step {step}", fill=_INK, font=font, anchor="mt")
+    return sheet
