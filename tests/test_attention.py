@@ -167,3 +167,15 @@ def test_low_precision_networks_when_asked() -> None:
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, want, atol=0.05, rtol=0.02)
     assert not torch.equal(low, want)
+
+
+def test_upcast_attention_runs_softmax_in_fp32_for_half_models() -> None:
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=24, heads=2, dim_head=8, upcast_attention=True).eval()
+    install_hypernetworks(attn).set(nets("nonlinear"))
+    x, ctx = torch.randn(2, 5, 16) * 30, torch.randn(2, 7, 24) * 30  # large activations, as in SD2-768
+    with torch.no_grad():
+        want = attn(x, encoder_hidden_states=ctx)
+        half = attn.to(torch.bfloat16)(x.bfloat16(), encoder_hidden_states=ctx.bfloat16())
+    assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), want, atol=0.5, rtol=0.1)
