@@ -190,6 +190,7 @@ def test_memory_options_refuse_cleanly_without_gpu(setup) -> None:
 
 def test_prompts_file_split_across_two_processes(setup, tmp_path) -> None:
     """`accelerate launch` with 2 CPU processes: every prompt of the file is generated exactly once."""
+    import socket
     import subprocess
     import sys
 
@@ -199,13 +200,19 @@ def test_prompts_file_split_across_two_processes(setup, tmp_path) -> None:
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a castle <hypernet:style:0.5>\n# a comment\n\na tree\na river\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "hypernet.cli", "generate",
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # `--multi_gpu` with no GPU gives gloo CPU processes (accelerate's `--cpu` would start only one)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines",
+           "1", "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "hypernet.cli", "generate",
            "--prompts", str(prompts), "--model", str(root / "tiny-sd1.safetensors"), "--hypernetwork-dir",
            str(root / "hypernetworks"), "--steps", "2", "--size", "64x64", "--seed", "5", "--sampler", "Euler",
            "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "process 1/2: 2 prompt(s)" in proc.stdout and "process 2/2: 1 prompt(s)" in proc.stdout
     files = sorted(p.name for p in out.glob("*.png"))
     assert files == ["00000-5.png", "00001-6.png", "00002-7.png"]
     texts = [read_infotext(Image.open(out / f))[0].split("\n")[0] for f in files]

@@ -214,7 +214,7 @@ def generate(
             init = Image.open(init_image)
         except (OSError, UnidentifiedImageError):
             raise HypernetError(f"{init_image}: not a readable image") from None
-    state = PartialState()  # one process, or one of several under `accelerate launch`
+    state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several (accelerate launch)
     console = Console()
     with console.status(f"loading {model}"):
         pipe, info = load_pipeline(model, vae=vae, dtype=dtypes[precision])
@@ -227,6 +227,8 @@ def generate(
     start = _next_image_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)
     state.wait_for_everyone()
     with state.split_between_processes(jobs) as mine, Progress(console=console, transient=True) as bar:
+        if state.num_processes > 1:
+            console.print(f"process {state.process_index + 1}/{state.num_processes}: {len(mine)} prompt(s)")
         for index, text in mine:
             job_seed = seed + index * per_job if seed != -1 else -1
             settings = Settings(text, negative, sampler, scheduler, steps, cfg, job_seed, width, height, batch_size,
