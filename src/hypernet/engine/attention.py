@@ -66,18 +66,17 @@ class HypernetworkStack:
         if width not in self._affine:
             maps: list[torch.Tensor] = []
             for i in (0, 1):
-                m_total: torch.Tensor | None = None  # None stands for the identity: no d x d product needed
-                d_total = torch.zeros(width, dtype=torch.float64)
-                for hn, mult in self.active(width):
-                    ac = hn.modules_for(width)[i].affine()  # type: ignore[index]
-                    if ac is None:
-                        self._affine[width] = None
-                        return None
-                    a, c = ac
-                    step = mult * a if m_total is None else mult * (a @ m_total)
-                    m_total = (torch.eye(width, dtype=torch.float64) if m_total is None else m_total) + step
-                    d_total = d_total + mult * (a @ d_total + c)
-                maps += [torch.eye(width, dtype=torch.float64) if m_total is None else m_total, d_total]
+                pieces = [hn.modules_for(width)[i].affine() for hn, _ in self.active(width)]  # type: ignore[index]
+                if any(p is None for p in pieces):
+                    self._affine[width] = None
+                    return None
+                # x -> x + m (A x + c), composed in stack order; the first map needs no d x d product
+                (a0, c0), m0 = pieces[0], self.active(width)[0][1]  # type: ignore[misc]
+                eye = torch.eye(width, dtype=a0.dtype, device=a0.device)
+                m_total, d_total = eye + m0 * a0, m0 * c0
+                for (a, c), (_, mult) in zip(pieces[1:], self.active(width)[1:]):  # type: ignore[misc]
+                    m_total, d_total = m_total + mult * (a @ m_total), d_total + mult * (a @ d_total + c)
+                maps += [m_total, d_total]
             self._affine[width] = tuple(maps)
         return self._affine[width]
 
@@ -95,8 +94,9 @@ class HypernetworkStack:
             fold = []
             for lin, m, d in ((attn.to_k, mk, dk), (attn.to_v, mv, dv)):
                 w = lin.weight.detach().float()
-                b = w @ d.float() + (lin.bias.detach().float() if lin.bias is not None else 0)
-                fold += [(w @ m.to(w.device, torch.float32)).to(lin.weight.dtype), b.to(lin.weight.dtype)]
+                m, d = m.to(w.device, torch.float32), d.to(w.device, torch.float32)
+                b = w @ d + (lin.bias.detach().float() if lin.bias is not None else 0)
+                fold += [(w @ m).to(lin.weight.dtype), b.to(lin.weight.dtype)]
             cached = self._folded[id(attn)] = (versions, tuple(fold))
         return cached[1]
 

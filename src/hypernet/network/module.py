@@ -130,8 +130,8 @@ class HypernetworkModule(nn.Module):
         return x + self.linear(x) * multiplier
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """``(A, c)`` in float64 with ``linear(x) == x @ A.T + c`` if the MLP is purely affine (only Linear
-        layers, dropout inactive), else None. This is what lets the engine fold a linear network into weights."""
+        """``(A, c)`` (float32) with ``linear(x) == x @ A.T + c`` if the MLP is purely affine (only Linear layers,
+        dropout inactive), else None. This is what lets the engine fold a linear network into weights."""
         a: torch.Tensor | None = None
         c: torch.Tensor | None = None
         for layer in self.linear:
@@ -139,6 +139,6 @@ class HypernetworkModule(nn.Module):
                 continue
             if not isinstance(layer, nn.Linear):
                 return None
-            w, b = layer.weight.detach().double(), layer.bias.detach().double()
+            w, b = layer.weight.detach().float(), layer.bias.detach().float()
             a, c = (w, b) if a is None else (w @ a, w @ c + b)
         return (a, c) if a is not None and c is not None else None
