@@ -1,5 +1,12 @@
 """hypernet: Stable Diffusion hypernetworks, loaded exactly as A1111 wrote them, applied, trained and served."""
 
+import os
+
+# OpenMP threads that spin while waiting make torch 10-40x slower whenever other processes share the cores (a
+# server's worker threads, a busy desktop). Read once, when torch loads, so it must be set before that import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 from hypernet.errors import HypernetError
 from hypernet.network import Hypernetwork, apply_stack, list_hypernetworks, load_hypernetwork
 

@@ -18,6 +18,7 @@ from hypernet.fileio import short_hash
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
 from hypernet.network.module import WEIGHT_INITS
 from hypernet.prepare.command import preprocess
+from hypernet.server.command import serve
 from hypernet.train.command import train
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app = typer.Typer(
 
 app.command()(preprocess)
 app.command()(train)
+app.command()(serve)
 
 DEFAULT_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]

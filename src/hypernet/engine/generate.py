@@ -201,6 +201,7 @@ class Generator:
         sampler, schedule = resolve_sampler(s.sampler_name, s.scheduler)
         base_seed = random.randrange(2**32) if s.seed == -1 else int(s.seed)
         pipe = self.pipe if s.init_image is None else AutoPipelineForImage2Image.from_pipe(self.pipe)
+        pipe.set_progress_bar_config(disable=True)
         pipe.scheduler = make_scheduler(s.sampler_name, s.scheduler, self.pipe.scheduler.config)
         encoder = PromptEncoder(self.pipe, clip_skip=s.clip_skip)
         result = Result([], [], [])

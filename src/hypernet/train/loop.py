@@ -325,7 +325,8 @@ class Trainer:
         cleanup.callback(self.hn.eval)
         self.params = list(self.hn.parameters())
         if self.procs.main and c.create_image_every:
-            self.previewer = Generator(self.pipe, self.info)  # installs its processor; training uses the same one
+            # installs its processor (training uses the same one); tags in preview prompts resolve in the network folder
+            self.previewer = Generator(self.pipe, self.info, self.config.hypernetwork_dir)
             self.stack = self.previewer.stack
         else:
             self.stack = install_hypernetworks(self.unet)

@@ -1,0 +1,226 @@
+"""A1111's ``/sdapi/v1`` routes on a :class:`ServerState`: the same paths, bodies and quirks clients rely on.
+
+Where we knowingly differ from A1111 (user errors are 4xx with a sentence saying what to send, image URLs are
+not fetched, training joins the one-job-at-a-time queue), the README section says so.
+"""
+
+import logging
+import os
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hypernet.engine.infotext import parse_infotext, read_infotext
+from hypernet.errors import HypernetError
+from hypernet.server import hypernetworks
+from hypernet.server.generation import plan_request, respond, run_plan
+from hypernet.server.jobs import ClientGone, JobCancelled, wait_for_job
+from hypernet.server.models import M
+from hypernet.server.security import ApiError, decode_image, error_body
+from hypernet.server.state import ServerState
+
+log = logging.getLogger("hypernet.server")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """A1111's error body for every failure; user errors keep their 4xx, anything else is a logged 500."""
+
+    @app.exception_handler(HypernetError)
+    async def _user_error(request: Request, exc: HypernetError) -> JSONResponse:
+        if isinstance(exc, ApiError):  # A1111 raises HTTPException for these
+            return JSONResponse(error_body("HTTPException", str(exc)), status_code=exc.status)
+        return JSONResponse(error_body(type(exc).__name__, str(exc)), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(error_body("HTTPException", str(exc.detail)), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("error in %s %s", request.method, request.url.path)
+        return JSONResponse(error_body(type(exc).__name__, "", str(exc)), status_code=500)
+
+
+def build_router(state: ServerState) -> APIRouter:
+    """Every ``/sdapi/v1`` route, bound to ``state`` (no globals: several servers can share a process)."""
+    api = APIRouter(prefix="/sdapi/v1")
+
+    async def generate(request: Request, body: Any, kind: str) -> Any:
+        plan = await run_in_threadpool(plan_request, state, body, kind)
+        job = state.jobs.submit(kind, lambda job: run_plan(state, plan, job), task_id=plan.values["force_task_id"])
+        try:
+            outcome = await wait_for_job(request, state.jobs, job)
+        except ClientGone:
+            return Response(status_code=499)
+        except JobCancelled:
+            raise ApiError(503, "the server is shutting down") from None
+        return await run_in_threadpool(respond, state, plan, outcome)
+
+    @api.post("/txt2img", response_model=M.TextToImageResponse)
+    async def txt2img(request: Request, body: M.StableDiffusionTxt2ImgProcessingAPI) -> Any:
+        """Generate from a prompt; ``<hypernet:NAME:WEIGHT>`` tags apply hypernetworks."""
+        return await generate(request, body, "txt2img")
+
+    @api.post("/img2img", response_model=M.ImageToImageResponse)
+    async def img2img(request: Request, body: M.StableDiffusionImg2ImgProcessingAPI) -> Any:
+        """Generate from ``init_images[0]`` (base64) and a prompt."""
+        return await generate(request, body, "img2img")
+
+    # ------------------------------------------------------------------ hypernetworks
+    @api.get("/hypernetworks", response_model=list[M.HypernetworkItem])
+    def list_hypernetworks() -> Any:
+        """A1111's discovery of the hypernetwork folder, re-scanned on every call."""
+        return [{"name": name, "path": str(path)} for name, path in state.model.generator.available().items()]
+
+    @api.post("/refresh-hypernetworks")
+    def refresh_hypernetworks() -> None:
+        """Ours (A1111 has none): the list is re-scanned on every call anyway; kept for scripts that ask."""
+        state.model.generator.available()
+        return None
+
+    hypernetworks.add_routes(api, state)
+
+    # ------------------------------------------------------------------ settings and control
+    @api.get("/options")
+    def get_options() -> dict[str, Any]:
+        return state.options()
+
+    @api.post("/options")
+    async def set_options(request: Request, body: dict[str, Any]) -> None:
+        """Store settings (``null`` reply, as A1111); a new ``sd_model_checkpoint`` loads through the job queue."""
+        changes = dict(body)
+        wanted = changes.pop("sd_model_checkpoint", None)
+        checkpoint = state.find_checkpoint(str(wanted)) if wanted else None
+        state.validate_options(changes)  # all-or-nothing: check before switching anything
+        if checkpoint is not None and checkpoint.path.resolve() != state.model.checkpoint.path.resolve():
+            job = state.jobs.submit("load-checkpoint", lambda job: state.switch_model(checkpoint))
+            try:
+                await wait_for_job(request, state.jobs, job)
+            except ClientGone:
+                return None
+        state.set_options(changes)
+        return None
+
+    @api.get("/progress", response_model=M.ProgressResponse)
+    def progress(skip_current_image: bool = False) -> Any:
+        """The running job (idle: progress 0, job_count 0); asking for the image turns live previews on. Ours:
+        ``training`` follows a training run, and says how the last one ended once the server is idle again."""
+        body = state.jobs.snapshot(want_image=not skip_current_image)
+        if body.get("training") is None:
+            body["training"] = hypernetworks.training_summary(state.last_training)
+        return body
+
+    @api.post("/interrupt")
+    def interrupt() -> dict[str, Any]:
+        state.jobs.interrupt()
+        return {}
+
+    @api.post("/skip")
+    def skip() -> None:
+        state.jobs.skip()
+        return None
+
+    @api.get("/cmd-flags")
+    def cmd_flags() -> dict[str, Any]:
+        return state.config.flags()
+
+    # ------------------------------------------------------------------ models and samplers
+    @api.get("/sd-models", response_model=list[M.SDModelItem])
+    def sd_models() -> Any:
+        return [c.as_api() for c in state.checkpoints]
+
+    @api.post("/refresh-checkpoints")
+    def refresh_checkpoints() -> None:
+        state.scan_checkpoints()
+        return None
+
+    @api.get("/samplers", response_model=list[M.SamplerItem])
+    def samplers() -> Any:
+        from hypernet.engine.samplers import SAMPLERS
+
+        return [s.as_api() for s in SAMPLERS if s.supported]
+
+    @api.get("/schedulers", response_model=list[M.SchedulerItem])
+    def schedulers() -> Any:
+        from hypernet.engine.samplers import SCHEDULES
+
+        return [s.as_api() for s in SCHEDULES if s.config is not None]
+
+    # ------------------------------------------------------------------ images
+    @api.post("/png-info", response_model=M.PNGInfoResponse)
+    def png_info(body: M.PNGInfoRequest) -> Any:
+        """The infotext an image carries, its other text entries, and the infotext parsed (A1111 1.7+)."""
+        image = decode_image(body.image, "image")
+        text, items = read_infotext(image)
+        items = {k: v if isinstance(v, (str, int, float, bool)) else str(v) for k, v in items.items()}
+        return {"info": text or "", "items": items, "parameters": parse_infotext(text) if text else {}}
+
+    # ------------------------------------------------------------------ honest lists of what we do not have
+    @api.get("/scripts", response_model=M.ScriptsList)
+    def scripts() -> Any:
+        return {"txt2img": [], "img2img": []}
+
+    @api.get("/script-info")
+    def script_info() -> list[Any]:
+        return []
+
+    @api.get("/embeddings", response_model=M.EmbeddingsResponse)
+    def embeddings() -> Any:
+        return {"loaded": {}, "skipped": {}}
+
+    for path in ("/loras", "/upscalers", "/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models",
+                 "/latent-upscale-modes", "/extensions"):
+        api.add_api_route(path, _empty_list, methods=["GET"], name=path.strip("/"))
+    for path in ("/refresh-loras", "/refresh-embeddings", "/refresh-vae"):
+        api.add_api_route(path, _nothing, methods=["POST"], name=path.strip("/"))
+
+    @api.get("/memory", response_model=M.MemoryResponse)
+    def memory() -> Any:
+        return {"ram": _ram(), "cuda": _cuda()}
+
+    @api.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
+    def not_found(rest: str) -> None:
+        raise StarletteHTTPException(404, "Not Found")
+
+    return api
+
+
+def _empty_list() -> list[Any]:
+    return []
+
+
+def _nothing() -> None:
+    return None
+
+
+def _ram() -> dict[str, Any]:
+    try:
+        page = os.sysconf("SC_PAGE_SIZE")
+        total, free = os.sysconf("SC_PHYS_PAGES") * page, os.sysconf("SC_AVPHYS_PAGES") * page
+        with open("/proc/self/statm") as fh:
+            rss = int(fh.read().split()[1]) * page
+        return {"free": free, "used": rss, "total": total}
+    except (OSError, ValueError, IndexError) as e:
+        return {"error": str(e)}
+
+
+def _cuda() -> dict[str, Any]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"error": "unavailable"}
+    free, total = torch.cuda.mem_get_info()
+    stats = torch.cuda.memory_stats()
+    pick = lambda kind: {"current": stats.get(f"{kind}_bytes.all.current", 0), "peak": stats.get(f"{kind}_bytes.all.peak", 0)}  # noqa: E731
+    return {
+        "system": {"free": free, "used": total - free, "total": total},
+        "active": pick("active"),
+        "allocated": pick("allocated"),
+        "reserved": pick("reserved"),
+        "inactive": pick("inactive_split"),
+        "events": {"retries": stats.get("num_alloc_retries", 0), "oom": stats.get("num_ooms", 0)},
+    }

@@ -1,0 +1,463 @@
+"""The web UI (Gradio), mounted at ``/`` of the API's app: the tabs a hypernetwork user needs, nothing else.
+
+Every action goes through the same code as the HTTP API (``plan_request``/``run_plan``, ``create_hypernetwork``,
+the training and preprocessing jobs) and the same job queue, so the UI and API clients can share one server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home from a local server
+
+import gradio as gr  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from hypernet.engine.infotext import parse_infotext, read_infotext  # noqa: E402
+from hypernet.errors import HypernetError  # noqa: E402
+from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: E402
+from hypernet.server.hypernetworks import create_hypernetwork  # noqa: E402
+from hypernet.server.models import M  # noqa: E402
+from hypernet.server.state import ServerState  # noqa: E402
+
+CSS = """
+#hn_cards .caption-label { white-space: normal; }
+.hn-note { font-size: 0.9em; opacity: 0.8; }
+"""
+PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".jpeg", ".webp")
+ACTIVATIONS = ["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "celu", "gelu", "glu", "hardshrink",
+               "hardsigmoid", "hardtanh", "hardswish", "logsigmoid", "mish", "prelu", "relu6", "rrelu", "selu",
+               "silu", "softplus", "softshrink", "softsign", "tanhshrink"]
+
+
+def mount_ui(app: FastAPI, state: ServerState) -> None:
+    """Mount the UI at ``/`` (after the API routes, which keep precedence)."""
+    theme = gr.themes.Default(primary_hue="orange", font=["ui-sans-serif", "system-ui", "sans-serif"],
+                              font_mono=["ui-monospace", "monospace"])
+    gr.mount_gradio_app(app, build_ui(state), path="/", theme=theme, css=CSS, footer_links=[], run_history=False,
+                        max_file_size=state.config.limits.max_request_bytes)
+
+
+def _user_error(error: Exception) -> gr.Error:
+    return gr.Error(str(error), print_exception=False)
+
+
+def _sampler_names() -> list[str]:
+    from hypernet.engine.samplers import SAMPLERS
+
+    return [s.name for s in SAMPLERS if s.supported]
+
+
+def _schedule_labels() -> list[str]:
+    from hypernet.engine.samplers import SCHEDULES
+
+    return [s.label for s in SCHEDULES if s.config is not None]
+
+
+def _context_widths(pipe: Any) -> list[int]:
+    """The context widths this model's attention layers take (what "Create" offers modules for by default)."""
+    return sorted({m.to_k.in_features for m in pipe.unet.modules() if hasattr(m, "to_k") and hasattr(m, "processor")})
+
+
+def _placeholder_card(name: str) -> Image.Image:
+    """A card image for networks without a preview file: a colour from the name, and its initials."""
+    digest = hashlib.sha256(name.encode()).digest()
+    image = Image.new("RGB", (256, 256), tuple(64 + b // 2 for b in digest[:3]))
+    draw = ImageDraw.Draw(image)
+    draw.text((128, 128), name[:2].upper(), fill="white", anchor="mm", font_size=96)
+    return image
+
+
+def build_ui(state: ServerState) -> gr.Blocks:
+    """The Blocks app; its handlers close over ``state`` (the UI keeps no module-level state)."""
+    described: dict[str, tuple[float, dict[str, Any]]] = {}  # path -> (mtime, describe_file) cache
+
+    def describe(path: Path) -> dict[str, Any]:
+        from hypernet.cli import describe_file
+
+        mtime = path.stat().st_mtime
+        hit = described.get(str(path))
+        if hit is None or hit[0] != mtime:
+            hit = described[str(path)] = (mtime, describe_file(path))
+        return hit[1]
+
+    def cards() -> tuple[list[tuple[Image.Image | str, str]], list[str], str]:
+        """Gallery items (preview, caption) for every discovered network, the names in order, and a summary."""
+        items, names, rows = [], [], []
+        for name, path in state.model.generator.available().items():
+            try:
+                info = describe(path)
+            except HypernetError as e:
+                rows.append(f"| {name} | unreadable: {e} | | |")
+                continue
+            preview = next((str(path.with_name(path.stem + s)) for s in PREVIEW_SUFFIXES
+                            if path.with_name(path.stem + s).is_file()), None)
+            structure = "-".join(f"{x:g}" for x in info["layer_structure"])
+            widths = "/".join(str(w) for w in info["widths"])
+            caption = f"{name} · {widths} · {structure} {info['activation'] or 'linear'} · step {info['step']}"
+            items.append((preview or _placeholder_card(name), caption))
+            names.append(name)
+            rows.append(f"| {name} | {widths} | {structure} {info['activation'] or 'linear'} | {info['step']} |")
+        table = "| name | widths | structure | steps |\n|---|---|---|---|\n" + "\n".join(rows) if rows else \
+            f"No hypernetworks in {state.config.hypernetwork_dir} yet: create one in the Train tab."
+        return items, names, table
+
+    def generate(kind: str, fields: dict[str, Any]) -> Iterator[tuple[Any, str, str]]:
+        """Run one UI generation through the API's code path, streaming the live preview while it samples."""
+        model = M.StableDiffusionImg2ImgProcessingAPI if kind == "img2img" else M.StableDiffusionTxt2ImgProcessingAPI
+        try:
+            plan = plan_request(state, model(**fields), kind)
+        except HypernetError as e:
+            raise _user_error(e) from None
+        job = state.jobs.submit(kind, lambda j: run_plan(state, plan, j))
+        job.preview_wanted = True
+        shown = None
+        while not job.future.done():
+            time.sleep(0.25)
+            if job.sampling_steps:
+                status = f"{job.name}: batch {job.job_no + 1}/{job.job_count}, step {job.sampling_step}/{job.sampling_steps}"
+            else:
+                status = f"waiting in the queue ({state.jobs.pending} ahead)" if state.jobs.current is not job else "starting"
+            png = job.preview_png
+            preview = [Image.open(io.BytesIO(png))] if png is not None and png is not shown else gr.skip()
+            shown = png
+            yield preview, gr.skip(), status
+        try:
+            outcome: Outcome = job.future.result()
+        except HypernetError as e:
+            raise _user_error(e) from None
+        for image, text in zip(outcome.images, outcome.infotexts):
+            image.info["parameters"] = text  # kept in the PNG the gallery serves for download
+        info = "\n\n".join(outcome.infotexts)
+        notes = [f"warning: {w}" for w in outcome.warnings]
+        if outcome.interrupted:
+            notes.append("interrupted")
+        done = f"{len(outcome.images)} image(s) in {outcome.seconds:.1f}s" + ("; " + "; ".join(notes) if notes else "")
+        yield outcome.images, info, done
+
+    samplers, schedules = _sampler_names(), _schedule_labels()
+
+    with gr.Blocks(title="hypernet") as ui:
+        header = gr.Markdown(f"## hypernet · {state.model.checkpoint.title}")
+        with gr.Tabs():
+            # ---------------------------------------------------------------- txt2img / img2img
+            tabs: dict[str, dict[str, Any]] = {}
+            for kind in ("txt2img", "img2img"):
+                with gr.Tab(kind, id=kind):
+                    c: dict[str, Any] = {}
+                    with gr.Row():
+                        with gr.Column(scale=3):
+                            c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{kind}_prompt",
+                                                     placeholder="a castle <hypernet:name:0.8>")
+                            c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{kind}_negative")
+                        with gr.Column(scale=1, min_width=160):
+                            c["go"] = gr.Button("Generate", variant="primary", elem_id=f"{kind}_generate")
+                            with gr.Row():
+                                c["interrupt"] = gr.Button("Interrupt", size="sm", elem_id=f"{kind}_interrupt")
+                                c["skip"] = gr.Button("Skip", size="sm", elem_id=f"{kind}_skip")
+                    with gr.Row():
+                        with gr.Column():
+                            if kind == "img2img":
+                                c["init_image"] = gr.Image(label="Image", type="pil", elem_id="img2img_image", height=256)
+                                c["denoising_strength"] = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength",
+                                                                    elem_id="img2img_denoising")
+                            with gr.Row():
+                                c["sampler_name"] = gr.Dropdown(samplers, value="DPM++ 2M", label="Sampling method",
+                                                                elem_id=f"{kind}_sampler")
+                                c["scheduler"] = gr.Dropdown(schedules, value="Automatic", label="Schedule type",
+                                                             elem_id=f"{kind}_scheduler")
+                            c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{kind}_steps")
+                            with gr.Row():
+                                c["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{kind}_width")
+                                c["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{kind}_height")
+                            with gr.Row():
+                                c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{kind}_batch_size")
+                                c["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{kind}_n_iter")
+                            with gr.Row():
+                                c["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id=f"{kind}_cfg")
+                                c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{kind}_seed")
+                        with gr.Column():
+                            c["gallery"] = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{kind}_gallery",
+                                                      height=420)
+                            c["status"] = gr.Markdown(elem_id=f"{kind}_status")
+                            c["info"] = gr.Textbox(label="Generation info", lines=4, elem_id=f"{kind}_info", buttons=["copy"])
+                    tabs[kind] = c
+
+            # ---------------------------------------------------------------- Hypernetworks
+            with gr.Tab("Hypernetworks", id="hypernetworks") as hn_tab:
+                with gr.Row():
+                    insert_into = gr.Radio(["txt2img", "img2img"], value="txt2img", label="Clicking a card adds its tag to",
+                                           elem_id="hn_target")
+                    multiplier = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Multiplier", elem_id="hn_multiplier")
+                    refresh = gr.Button("Refresh", elem_id="hn_refresh", size="sm")
+                card_names = gr.State([])
+                gallery = gr.Gallery(label="Hypernetworks", columns=6, fit_columns=False, allow_preview=False,
+                                     elem_id="hn_cards", height="auto", object_fit="contain")
+                table = gr.Markdown(elem_id="hn_table")
+
+            # ---------------------------------------------------------------- Train
+            with gr.Tab("Train", id="train"):
+                with gr.Tab("Create hypernetwork", id="train_create"):
+                    widths = _context_widths(state.model.generator.pipe)
+                    create_name = gr.Textbox(label="Name", elem_id="create_name")
+                    create_sizes = gr.Textbox(value=", ".join(str(w) for w in widths), elem_id="create_sizes",
+                                              label="Modules for these widths (A1111: 768, 320, 640, 1280; SD2: 1024, ...)")
+                    with gr.Row():
+                        create_layers = gr.Textbox(value="1, 2, 1", label="Layer structure", elem_id="create_layers")
+                        create_activation = gr.Dropdown(ACTIVATIONS, value="linear", label="Activation function",
+                                                        elem_id="create_activation")
+                        create_init = gr.Dropdown(["Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal"],
+                                                  value="Normal", label="Weight initialization", elem_id="create_init")
+                    with gr.Row():
+                        create_norm = gr.Checkbox(label="Add layer normalization", elem_id="create_norm")
+                        create_use_dropout = gr.Checkbox(label="Use dropout", elem_id="create_use_dropout")
+                        create_dropout = gr.Textbox(value="0, 0, 0", label="Dropout structure", elem_id="create_dropout")
+                        create_overwrite = gr.Checkbox(label="Overwrite old hypernetwork", elem_id="create_overwrite")
+                    create_button = gr.Button("Create hypernetwork", variant="primary", elem_id="create_button")
+                    create_status = gr.Markdown(elem_id="create_status")
+                train_parts = TrainingTabs(state, tabs["txt2img"])
+
+            # ---------------------------------------------------------------- PNG Info
+            with gr.Tab("PNG Info", id="pnginfo"):
+                with gr.Row():
+                    png_image = gr.Image(label="Image", type="filepath", elem_id="pnginfo_image", height=320)
+                    with gr.Column():
+                        png_text = gr.Textbox(label="Parameters", lines=6, elem_id="pnginfo_text", buttons=["copy"])
+                        png_parsed = gr.JSON(label="Parsed", elem_id="pnginfo_parsed")
+
+        # -------------------------------------------------------------------- events
+        for kind, c in tabs.items():
+            names = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height",
+                     "batch_size", "n_iter", "cfg_scale", "seed"] + (["init_image", "denoising_strength"] if kind == "img2img" else [])
+
+            def on_generate(*values: Any, kind: str = kind, names: list[str] = names) -> Iterator[tuple[Any, str, str]]:
+                fields = dict(zip(names, values))
+                for key in ("steps", "width", "height", "batch_size", "n_iter", "seed"):
+                    fields[key] = int(fields[key] if fields[key] is not None else -1)
+                init = fields.pop("init_image", None)
+                if kind == "img2img":
+                    if init is None:
+                        raise gr.Error("Add an image to start from.", print_exception=False)
+                    from hypernet.server.security import encode_png_b64
+
+                    fields["init_images"] = [encode_png_b64(init)]
+                yield from generate(kind, fields)
+
+            c["go"].click(on_generate, [c[n] for n in names], [c["gallery"], c["info"], c["status"]],
+                          concurrency_limit=None)
+            c["interrupt"].click(state.jobs.interrupt, None, None, queue=False)
+            c["skip"].click(state.jobs.skip, None, None, queue=False)
+
+        def show_cards() -> tuple[Any, list[str], str]:
+            items, names, summary = cards()
+            return items, names, summary
+
+        def insert_tag(names: list[str], target: str, weight: float, txt_prompt: str, img_prompt: str,
+                       evt: gr.SelectData) -> tuple[Any, Any]:
+            name = names[evt.index] if 0 <= evt.index < len(names) else None
+            if name is None:
+                return gr.skip(), gr.skip()
+            tag = f"<hypernet:{name}:{weight:g}>"
+            if target == "img2img":
+                return gr.skip(), f"{img_prompt} {tag}".strip()
+            return f"{txt_prompt} {tag}".strip(), gr.skip()
+
+        for trigger in (refresh.click, hn_tab.select, ui.load):
+            trigger(show_cards, None, [gallery, card_names, table])
+        ui.load(lambda: f"## hypernet · {state.model.checkpoint.title}", None, header)  # the model may have changed
+        gallery.select(insert_tag, [card_names, insert_into, multiplier, tabs["txt2img"]["prompt"], tabs["img2img"]["prompt"]],
+                       [tabs["txt2img"]["prompt"], tabs["img2img"]["prompt"]])
+
+        def on_create(name: str, sizes: str, layers: str, activation: str, init: str, norm: bool, use_dropout: bool,
+                      dropout: str, overwrite: bool) -> tuple[str, Any, list[str], str, Any]:
+            body = {"name": name, "enable_sizes": [s for s in sizes.replace(" ", "").split(",") if s],
+                    "layer_structure": layers, "activation_func": activation, "weight_init": init,
+                    "add_layer_norm": norm, "use_dropout": use_dropout, "dropout_structure": dropout,
+                    "overwrite_old": overwrite}
+            try:
+                path = create_hypernetwork(state, body)
+            except HypernetError as e:
+                raise _user_error(e) from None
+            items, names, summary = cards()
+            return f"Created {path}", items, names, summary, gr.update(choices=list(state.model.generator.available()))
+
+        create_button.click(on_create, [create_name, create_sizes, create_layers, create_activation, create_init,
+                                        create_norm, create_use_dropout, create_dropout, create_overwrite],
+                            [create_status, gallery, card_names, table, train_parts.hypernetwork])
+
+        def on_png(path: str | None) -> tuple[str, dict[str, Any]]:
+            if not path:
+                return "", {}
+            try:
+                with Image.open(path) as image:
+                    text, items = read_infotext(image)
+            except OSError as e:
+                raise gr.Error(f"not a readable image: {e}", print_exception=False) from None
+            return text or "", parse_infotext(text) if text else {"note": "this image holds no generation parameters"}
+
+        png_image.change(on_png, png_image, [png_text, png_parsed])
+    return ui
+
+
+class TrainingTabs:
+    """The Preprocess and Train sub-tabs; ``hypernetwork`` is the dropdown other tabs refresh after a create."""
+
+    def __init__(self, state: ServerState, txt2img: dict[str, Any]) -> None:
+        from hypernet.train import TrainConfig
+        from hypernet.train.dataset import available_templates
+
+        defaults = TrainConfig()
+        data_dir, log_dir = state.config.data_dir, state.config.log_dir
+        with gr.Tab("Preprocess images", id="train_preprocess"):
+            gr.Markdown(f"Folders are relative to the data folder `{data_dir}`.", elem_classes="hn-note")
+            with gr.Row():
+                pre_src = gr.Textbox(label="Source directory", elem_id="pre_src")
+                pre_dst = gr.Textbox(label="Destination directory", elem_id="pre_dst")
+            with gr.Row():
+                pre_width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="pre_width")
+                pre_height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="pre_height")
+                pre_txt = gr.Dropdown(["ignore", "copy", "prepend", "append"], value="ignore",
+                                      label="Existing caption txt action", elem_id="pre_txt")
+            with gr.Row():
+                pre_flip = gr.Checkbox(label="Create flipped copies", elem_id="pre_flip")
+                pre_split = gr.Checkbox(label="Split oversized images", elem_id="pre_split")
+                pre_focal = gr.Checkbox(label="Auto focal point crop", elem_id="pre_focal")
+                pre_blip = gr.Checkbox(label="Use BLIP for caption", elem_id="pre_blip")
+                pre_tagger = gr.Checkbox(label="Use deepbooru-style tagger for caption", elem_id="pre_tagger")
+            pre_button = gr.Button("Preprocess", variant="primary", elem_id="pre_button")
+            pre_status = gr.Markdown(elem_id="pre_status")
+
+        with gr.Tab("Train", id="train_train"):
+            gr.Markdown(f"Dataset folders are relative to `{data_dir}`, log folders to `{log_dir}`. Training runs "
+                        "in the same queue as generation: images wait until it ends or is interrupted.",
+                        elem_classes="hn-note")
+            with gr.Row():
+                self.hypernetwork = gr.Dropdown(list(state.model.generator.available()), label="Hypernetwork",
+                                                elem_id="train_hypernetwork", allow_custom_value=False)
+                train_refresh = gr.Button("Refresh", size="sm", elem_id="train_refresh")
+            with gr.Row():
+                learn_rate = gr.Textbox(value=defaults.learn_rate, label="Hypernetwork learning rate", elem_id="train_lr")
+                batch_size = gr.Number(value=1, precision=0, label="Batch size", elem_id="train_batch_size")
+                gradient_step = gr.Number(value=1, precision=0, label="Gradient accumulation steps", elem_id="train_grad_step")
+            with gr.Row():
+                data_root = gr.Textbox(label="Dataset directory", elem_id="train_data")
+                log_directory = gr.Textbox(value=".", label="Log directory", elem_id="train_log")
+                template = gr.Dropdown(sorted(available_templates(None)), value=defaults.template_filename,
+                                       label="Prompt template", elem_id="train_template")
+            with gr.Row():
+                width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="train_width")
+                height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="train_height")
+                varsize = gr.Checkbox(label="Do not resize images", elem_id="train_varsize")
+            with gr.Row():
+                steps = gr.Number(value=defaults.steps, precision=0, label="Max steps", elem_id="train_steps")
+                save_every = gr.Number(value=defaults.save_hypernetwork_every, precision=0,
+                                       label="Save a copy of the hypernetwork every N steps (0: off)", elem_id="train_save_every")
+                image_every = gr.Number(value=defaults.create_image_every, precision=0,
+                                        label="Save an image every N steps (0: off)", elem_id="train_image_every")
+            with gr.Row():
+                clip_mode = gr.Dropdown(["disabled", "value", "norm"], value="disabled", label="Gradient clipping",
+                                        elem_id="train_clip_mode")
+                clip_value = gr.Textbox(value=defaults.clip_grad_value, label="Clipping value", elem_id="train_clip_value")
+                shuffle = gr.Checkbox(label="Shuffle tags by ',' when creating prompts", elem_id="train_shuffle")
+                drop_out = gr.Slider(0, 1, value=0, step=0.1, label="Drop out tags when creating prompts", elem_id="train_dropout")
+                sampling = gr.Radio(["once", "deterministic", "random"], value="once", label="Latent sampling method",
+                                    elem_id="train_sampling")
+            from_txt2img = gr.Checkbox(label="Read parameters (prompt, etc...) from txt2img tab when making previews",
+                                       elem_id="train_from_txt2img")
+            with gr.Row():
+                train_button = gr.Button("Train Hypernetwork", variant="primary", elem_id="train_button")
+                interrupt = gr.Button("Interrupt", elem_id="train_interrupt")
+            status = gr.Markdown(elem_id="train_status")
+            with gr.Row():
+                chart = gr.LinePlot(x="step", y="loss", title="Loss", elem_id="train_loss", height=260)
+                preview = gr.Image(label="Latest preview", type="pil", elem_id="train_preview", height=260,
+                                   interactive=False)
+            seen = gr.State((0, None, ""))  # (losses shown, preview shown, status shown)
+            timer = gr.Timer(1.0)
+
+        def on_preprocess(src: str, dst: str, w: float, h: float, txt: str, flip: bool, split: bool, focal: bool,
+                          blip: bool, tagger: bool) -> str:
+            from hypernet.server.hypernetworks import preprocess_job
+
+            body = {"process_src": src, "process_dst": dst, "process_width": int(w), "process_height": int(h),
+                    "preprocess_txt_action": txt, "process_flip": flip, "process_split": split,
+                    "process_focal_crop": focal, "process_caption": blip, "process_caption_deepbooru": tagger}
+            try:
+                report = state.jobs.run("preprocess", preprocess_job(state, body))
+            except HypernetError as e:
+                raise _user_error(e) from None
+            skipped = f"; skipped {len(report.skipped)} file(s)" if report.skipped else ""
+            return f"Preprocessing finished: {len(report.images)} image(s), {len(report.captions)} caption(s){skipped}."
+
+        pre_button.click(on_preprocess, [pre_src, pre_dst, pre_width, pre_height, pre_txt, pre_flip, pre_split,
+                                         pre_focal, pre_blip, pre_tagger], pre_status)
+
+        def on_train(name: str, lr: str, bs: float, gs: float, data: str, logs: str, tmpl: str, w: float, h: float,
+                     vs: bool, n: float, save: float, image: float, cmode: str, cvalue: str, shuf: bool, drop: float,
+                     method: str, use_txt2img: bool, *txt: Any) -> str:
+            from hypernet.server.hypernetworks import train_config, training_job
+
+            body: dict[str, Any] = {
+                "hypernetwork_name": name or "", "learn_rate": lr, "batch_size": int(bs or 1), "gradient_step": int(gs or 1),
+                "data_root": data, "log_directory": logs or ".", "template_filename": tmpl, "training_width": int(w),
+                "training_height": int(h), "varsize": vs, "steps": int(n or 0), "save_hypernetwork_every": int(save or 0),
+                "create_image_every": int(image or 0), "clip_grad_mode": cmode, "clip_grad_value": cvalue,
+                "shuffle_tags": shuf, "tag_drop_out": drop, "latent_sampling_method": method,
+                "preview_from_txt2img": use_txt2img,
+            }
+            if use_txt2img:
+                keys = ("preview_prompt", "preview_negative_prompt", "preview_sampler_name", "preview_steps",
+                        "preview_cfg_scale", "preview_seed", "preview_width", "preview_height")
+                body |= dict(zip(keys, txt))
+                for key in ("preview_steps", "preview_seed", "preview_width", "preview_height"):
+                    body[key] = int(body[key])
+            try:
+                config = train_config(state, body)
+            except HypernetError as e:
+                raise _user_error(e) from None
+            state.jobs.submit("train-hypernetwork", training_job(state, config))
+            return f"Training {config.name} queued..."
+
+        txt_inputs = [txt2img[k] for k in ("prompt", "negative_prompt", "sampler_name", "steps", "cfg_scale", "seed",
+                                           "width", "height")]
+        train_button.click(on_train, [self.hypernetwork, learn_rate, batch_size, gradient_step, data_root, log_directory,
+                                      template, width, height, varsize, steps, save_every, image_every, clip_mode,
+                                      clip_value, shuffle, drop_out, sampling, from_txt2img, *txt_inputs], status)
+        interrupt.click(state.jobs.interrupt, None, None, queue=False)
+        train_refresh.click(lambda: gr.update(choices=list(state.model.generator.available())), None, self.hypernetwork)
+
+        def on_tick(shown: tuple[int, Any, str]) -> tuple[Any, Any, Any, tuple[int, Any, str]]:
+            record = state.last_training
+            if record is None:
+                return gr.skip(), gr.skip(), gr.skip(), shown
+            live, losses = record["live"], record["losses"]
+            result = record.get("result")
+            if result is not None:
+                text = result.message
+            elif record.get("error"):
+                text = f"Training failed: {record['error']}"
+            else:
+                loss = f", loss {live['loss_avg']:.6f}" if live.get("loss_avg") is not None else ""
+                text = live.get("message") or f"Training {live['name']}: step {live['step']}/{live['final_step']}{loss}"
+            job = state.jobs.current
+            png = job.preview_png if job is not None and job.name == "train-hypernetwork" else record.get("preview_png")
+            count = len(losses)
+            chart_value = gr.skip()
+            if count != shown[0]:
+                import pandas as pd
+
+                chart_value = pd.DataFrame(list(losses[:count]), columns=["step", "loss"])
+            png_id = id(png) if png is not None else None
+            preview_value = Image.open(io.BytesIO(png)) if png is not None and png_id != shown[1] else gr.skip()
+            status_value = text if text != shown[2] else gr.skip()
+            return chart_value, preview_value, status_value, (count, png_id, text)
+
+        timer.tick(on_tick, seen, [chart, preview, status, seen], show_progress="hidden")
+
