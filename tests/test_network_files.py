@@ -306,3 +306,13 @@ def test_list_follows_a1111_discovery_rules(tmp_path: Path) -> None:
     found = hypernet.list_hypernetworks(tmp_path)
     assert list(found) == ["A", "b", "c"]
     assert found["b"] == tmp_path / "sub/b.pt"  # later in case-insensitive path order wins
+
+
+def test_written_files_get_normal_permissions(tmp_path: Path) -> None:
+    path = small().save(tmp_path / "shared.pt")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask, "not mkstemp's private 0600"
+    os.chmod(path, 0o640)
+    small(seed=5).save(path)
+    assert path.stat().st_mode & 0o777 == 0o640, "an overwritten file keeps its permissions"

@@ -21,6 +21,7 @@ def atomic_open(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        os.chmod(tmp, _final_mode(target))  # mkstemp makes 0600; the result should look like any file the user saves
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
@@ -43,6 +44,16 @@ def atomic_write_with(path: str | os.PathLike[str], writer: Callable[[BinaryIO],
     """Call ``writer(fileobj)`` on a temp file and atomically move the result to ``path``."""
     with atomic_open(path) as fh:
         writer(fh)
+
+
+def _final_mode(target: Path) -> int:
+    """The replaced file's permissions, or the default for new files under the process umask."""
+    try:
+        return target.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _fsync_dir(directory: Path) -> None:
