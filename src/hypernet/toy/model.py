@@ -1,0 +1,53 @@
+"""The toy model's architecture: SD 1.x's, shrunk so it trains on a CPU in about an hour.
+
+It is an ordinary SD 1.x pipeline (VAE, UNet with cross-attention, CLIP text encoder with hypernet's tokenizer),
+saved as an A1111-style single file, so it loads and generates through exactly the code real checkpoints use.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from hypernet.engine.checkpoints import assemble_pipeline, family_configs
+
+CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "toy" / "toy-sd1.safetensors"
+TEXT_WIDTH = 96
+
+
+def toy_pipeline(seed: int = 0) -> DiffusionPipeline:
+    """A freshly initialised (untrained) toy pipeline."""
+    configs = family_configs("sd1")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL.from_config(
+            configs["vae"]
+            | {
+                "block_out_channels": [32, 64, 64, 64],
+                "layers_per_block": 1,
+                "down_block_types": ["DownEncoderBlock2D"] * 4,
+                "up_block_types": ["UpDecoderBlock2D"] * 4,
+                "sample_size": 64,
+            }
+        )
+        unet = UNet2DConditionModel.from_config(
+            configs["unet"]
+            | {
+                "sample_size": 8,
+                "block_out_channels": [64, 128],
+                "layers_per_block": 2,
+                "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+                "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                "cross_attention_dim": TEXT_WIDTH,
+            }
+        )
+        text = CLIPTextModel(
+            CLIPTextConfig.from_dict(
+                configs["text_encoder"]
+                | {"hidden_size": TEXT_WIDTH, "intermediate_size": 4 * TEXT_WIDTH, "num_hidden_layers": 3, "num_attention_heads": 1}
+            )
+        )
+    return assemble_pipeline("sd1", {"unet": unet, "vae": vae, "text_encoder": text}, "epsilon")
