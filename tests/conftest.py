@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # a stray download fails fast instead of hanging
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -24,3 +25,13 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def conformance_dir(shared_dir: Path) -> Path:
     return shared_dir / "conformance"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two busy cores: one torch thread per process avoids OpenMP oversubscription (up to x6 slower steps).
+    Modules that train use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -30,13 +30,7 @@ from hypernet.train.loop import diffusion_loss, training_noise_scheduler
 WIDTHS = {"sd1": [48, 32, 64], "sd2-v": [80, 32, 64], "sdxl": [128, 32, 64]}  # text width first, then the UNet's
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two busy cores: one thread per process avoids OpenMP oversubscription (x6 slower steps)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_images(folder: Path, count: int = 4, size: int = 64) -> Path:
