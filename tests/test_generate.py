@@ -238,3 +238,19 @@ def test_hypernetwork_precision_option(setup) -> None:
     assert np.abs(pixels(full) - pixels(low)).mean() < 3
     with pytest.raises(HypernetError, match="hypernetwork precision 'int8'"):
         gen.generate(Settings("a", hypernetwork_precision="int8", **FAST))
+
+
+def test_every_supported_sampler_gives_finite_images(setup) -> None:
+    import torch
+
+    from hypernet.engine.generate import Hooks
+    from hypernet.engine.samplers import SAMPLERS
+
+    family, gen, _ = setup
+    if family != "sd1":
+        pytest.skip("family-independent")
+    for sampler in [s for s in SAMPLERS if s.supported]:
+        latents: list = []
+        gen.generate(Settings("a cat", **{**FAST, "sampler_name": sampler.name}),
+                     hooks=Hooks(latents=lambda l: latents.append(torch.isfinite(l).all().item())))
+        assert latents and all(latents), f"{sampler.name} produced non-finite latents"

@@ -175,13 +175,14 @@ SAMPLERS: tuple[Sampler, ...] = (
     Sampler("DDIM", ("ddim",), {}, "DDIMScheduler", native_schedule="ddim"),
     Sampler("DDIM CFG++", ("ddim_cfgpp",), {}, None),
     Sampler("PLMS", ("plms",), {}, "PNDMScheduler", {"skip_prk_steps": True}, native_schedule="ddim"),
-    # A1111's UniPC defaults: variant bh1, order 3, lower order at the end, time-uniform steps.
+    # A1111's UniPC defaults: variant bh1, order 3, lower order at the end, time-uniform steps;
     Sampler(
         "UniPC",
         ("unipc",),
         {},
         "UniPCMultistepScheduler",
-        {"solver_type": "bh1", "solver_order": 3, "lower_order_final": True},
+        # diffusers' last step to sigma 0 divides by zero in UniPC's log-SNR (NaN images); sigma_min does not
+        {"solver_type": "bh1", "solver_order": 3, "lower_order_final": True, "final_sigmas_type": "sigma_min"},
     ),
     Sampler("LCM", ("k_lcm",), {}, "LCMScheduler"),
 )
