@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 import hypernet
 from hypernet.engine.attention import install_hypernetworks
 
-CONFORMANCE = Path(__file__).resolve().parents[1].parent / "shared" / "conformance"
+CONFORMANCE = Path(os.environ.get("HYPERNET_SHARED", Path(__file__).resolve().parents[1].parent / "shared")) / "conformance"
 MANIFEST = json.loads((CONFORMANCE / "manifest.json").read_text()) if (CONFORMANCE / "manifest.json").exists() else {}
 FILES = MANIFEST.get("hypernetwork_files", {})
 LOADABLE = [name for name, e in FILES.items() if e["a1111_load"] == "ok"]
