@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hypernet.cli import describe_file
-from hypernet.engine.attention import install_hypernetworks
+from hypernet.engine.attention import attention_widths, install_hypernetworks
 from hypernet.engine.checkpoints import load_pipeline
 from hypernet.network import Hypernetwork, load_hypernetwork
 from hypernet.testing import save_single_file, tiny_pipeline
@@ -58,12 +58,7 @@ def main(argv: list[str] | None = None) -> None:
 
     stack = install_hypernetworks(pipe.unet)
     stack.set([(net, 1.0)])
-    hits: dict[int, int] = {}
-    for module in pipe.unet.modules():
-        if hasattr(module, "to_k") and hasattr(module, "processor"):
-            width = module.to_k.in_features
-            if net.modules_for(width) is not None:
-                hits[width] = hits.get(width, 0) + 1
+    hits = {w: n for w, n in attention_widths(pipe.unet).items() if net.modules_for(w) is not None}
     latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         with_net = pipe.unet(latents, 500, encoder_hidden_states=context).sample

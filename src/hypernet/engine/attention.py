@@ -197,6 +197,15 @@ class HypernetworkAttnProcessor:
         return attn.to_k(ctx_k), attn.to_v(ctx_v)
 
 
+def attention_widths(model: torch.nn.Module) -> dict[int, int]:
+    """How many attention layers of ``model`` take a context of each width (what a hypernetwork module can hit)."""
+    counts: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, Attention):
+            counts[module.to_k.in_features] = counts.get(module.to_k.in_features, 0) + 1
+    return counts
+
+
 def install_hypernetworks(model: torch.nn.Module, stack: HypernetworkStack | None = None) -> HypernetworkStack:
     """Give every attention layer of ``model`` (a UNet, or a single Attention) a processor reading ``stack``.
 

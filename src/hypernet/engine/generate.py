@@ -18,7 +18,7 @@ from diffusers import AutoPipelineForImage2Image, DiffusionPipeline
 from PIL import Image
 
 from hypernet import __version__
-from hypernet.engine.attention import install_hypernetworks
+from hypernet.engine.attention import attention_widths, install_hypernetworks
 from hypernet.engine.checkpoints import ModelInfo
 from hypernet.engine.conditioning import PromptEncoder
 from hypernet.engine.infotext import format_infotext
@@ -129,14 +129,7 @@ class Generator:
         self.hypernetwork_dir = Path(hypernetwork_dir) if hypernetwork_dir is not None else None
         self.stack = install_hypernetworks(pipe.unet)
         self._loaded: dict[str, tuple[float, Hypernetwork]] = {}  # path -> (mtime, network)
-        self._attention_widths = self._count_attention_widths()
-
-    def _count_attention_widths(self) -> dict[int, int]:
-        counts: dict[int, int] = {}
-        for module in self.pipe.unet.modules():
-            if hasattr(module, "to_k") and hasattr(module, "processor"):
-                counts[module.to_k.in_features] = counts.get(module.to_k.in_features, 0) + 1
-        return counts
+        self._attention_widths = attention_widths(pipe.unet)
 
     @property
     def device(self) -> torch.device:

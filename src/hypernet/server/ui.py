@@ -20,6 +20,7 @@ import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from hypernet.engine.attention import attention_widths  # noqa: E402
 from hypernet.engine.infotext import parse_infotext, read_infotext  # noqa: E402
 from hypernet.errors import HypernetError  # noqa: E402
 from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: E402
@@ -63,7 +64,7 @@ def _schedule_labels() -> list[str]:
 
 def _context_widths(pipe: Any) -> list[int]:
     """The context widths this model's attention layers take (what "Create" offers modules for by default)."""
-    return sorted({m.to_k.in_features for m in pipe.unet.modules() if hasattr(m, "to_k") and hasattr(m, "processor")})
+    return sorted(attention_widths(pipe.unet))
 
 
 def _placeholder_card(name: str) -> Image.Image:

@@ -24,10 +24,9 @@ from typing import Any, Protocol
 import torch
 import torch.distributed as dist
 from diffusers import DDPMScheduler, DiffusionPipeline
-from diffusers.models.attention_processor import Attention
 
 from hypernet import __version__
-from hypernet.engine.attention import install_hypernetworks
+from hypernet.engine.attention import attention_widths, install_hypernetworks
 from hypernet.engine.checkpoints import ModelInfo, load_pipeline
 from hypernet.engine.conditioning import PromptEncoder
 from hypernet.engine.generate import Generator, Settings
@@ -369,10 +368,7 @@ class Trainer:
         return None
 
     def _check_widths(self) -> None:
-        widths: dict[int, int] = {}
-        for module in self.unet.modules():
-            if isinstance(module, Attention):
-                widths[module.to_k.in_features] = widths.get(module.to_k.in_features, 0) + 1
+        widths = attention_widths(self.unet)
         hits = [w for w in self.hn.widths if w in widths]
         if not hits:
             raise HypernetError(
