@@ -16,6 +16,7 @@ from rich.table import Table
 from hypernet.errors import HypernetError
 from hypernet.fileio import short_hash
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
+from hypernet.network.hypernetwork import parse_numbers
 from hypernet.network.module import WEIGHT_INITS
 from hypernet.prepare.command import preprocess
 from hypernet.server.command import serve
@@ -39,13 +40,6 @@ HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypern
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
     """Options shared by every command (``--debug`` is read by ``main``)."""
-
-
-def _numbers(text: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise HypernetError(f"{what} {text!r} must be comma-separated numbers, e.g. \"1, 2, 1\"") from None
 
 
 def _widths(text: str) -> list[int]:
@@ -88,11 +82,11 @@ def create(
     net = Hypernetwork.create(
         clean,
         _widths(sizes),
-        layer_structure=_numbers(layers, "--layers"),
+        layer_structure=parse_numbers(layers, "--layers"),
         activation_func=activation,
         weight_init=init,
         add_layer_norm=layer_norm,
-        dropout_structure=_numbers(dropout, "--dropout") if dropout else None,
+        dropout_structure=parse_numbers(dropout, "--dropout") if dropout else None,
         activate_output=activate_output,
         seed=seed,
     )

@@ -32,6 +32,16 @@ class Architecture:
     weight_init: str = "Normal"  # informational once created; A1111 ignores it on load
 
 
+def parse_numbers(value: str | Sequence[float], what: str) -> list[float]:
+    """A layer or dropout structure as A1111's form and API give it, ``"1, 2, 1"`` or a list, as floats."""
+    try:
+        if isinstance(value, str):
+            return [float(x) for x in value.split(",") if x.strip()]
+        return [float(x) for x in value]
+    except (TypeError, ValueError):
+        raise HypernetError(f"{what} {value!r} must be comma-separated numbers, e.g. \"1, 2, 1\"") from None
+
+
 def check_architecture(arch: Architecture, *, creating: bool = False) -> None:
     """Refuse structures A1111 would assert on (or silently mis-build), with a sentence saying what is expected."""
     ls = arch.layer_structure

@@ -25,20 +25,11 @@ log = logging.getLogger("hypernet.server")
 DEFAULT_SIZES = (768, 320, 640, 1280)
 
 
-def _numbers(value: Any, what: str) -> list[float]:
-    """A1111 takes ``"1, 2, 1"`` or a list; both become floats."""
-    try:
-        if isinstance(value, str):
-            return [float(x) for x in value.split(",") if x.strip()]
-        return [float(x) for x in value]
-    except (TypeError, ValueError):
-        raise HypernetError(f"{what} {value!r} must be numbers, e.g. \"1, 2, 1\".") from None
-
-
 def create_hypernetwork(state: ServerState, body: dict[str, Any]) -> Path:
     """A1111's "Create hypernetwork" with its keyword arguments; returns the written ``.pt`` file."""
     from hypernet.cli import sanitize_name
     from hypernet.network import Hypernetwork
+    from hypernet.network.hypernetwork import parse_numbers
 
     name = check_plain_name(str(body.get("name") or ""), "name")
     clean = sanitize_name(name)
@@ -48,10 +39,10 @@ def create_hypernetwork(state: ServerState, body: dict[str, Any]) -> Path:
         sizes = [int(s) for s in body.get("enable_sizes") or DEFAULT_SIZES]
     except (TypeError, ValueError):
         raise HypernetError(f"enable_sizes {body.get('enable_sizes')!r} must be integers, e.g. [768, 320, 640, 1280].") from None
-    layers = _numbers(body.get("layer_structure") or "1, 2, 1", "layer_structure")
+    layers = parse_numbers(body.get("layer_structure") or "1, 2, 1", "layer_structure")
     dropout_text = body.get("dropout_structure")
     if body.get("use_dropout") and isinstance(dropout_text, str) and dropout_text.strip():
-        dropout = _numbers(dropout_text, "dropout_structure")
+        dropout = parse_numbers(dropout_text, "dropout_structure")
         if len(dropout) < len(layers):
             raise HypernetError(f"dropout_structure {dropout_text!r} needs one value per layer_structure entry ({len(layers)}).")
         dropout = dropout[: len(layers)]
