@@ -159,7 +159,8 @@ def list_(dir: HnDir = DEFAULT_HN_DIR) -> None:
 @app.command()
 def generate(
     prompt: Annotated[Optional[str], typer.Argument(help="Prompt (A1111 syntax); omit with --prompts.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id; "
+                                                 "default: hypernet's embedded toy model.")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="A file with one prompt per line; under `accelerate launch` "
                                                     "the lines are split across processes.")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
@@ -169,7 +170,8 @@ def generate(
     steps: int = 20,
     cfg: Annotated[float, typer.Option(help="CFG scale.")] = 7.0,
     seed: Annotated[int, typer.Option(help="-1 = random.")] = -1,
-    size: Annotated[str, typer.Option(help="WIDTHxHEIGHT, multiples of 8.")] = "512x512",
+    size: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT, multiples of 8 (default 512x512; 64x64 for the "
+                                                "toy model).")] = None,
     batch_size: int = 1,
     batch_count: int = 1,
     clip_skip: int = 1,
@@ -194,8 +196,13 @@ def generate(
     from hypernet.engine.generate import Generator, Settings, apply_memory_options
     from hypernet.engine.infotext import save_image
 
+    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
+
+    console = Console()
     if model is None:
-        raise HypernetError("--model is required: a checkpoint file, a diffusers folder or a Hub id")
+        console.print(f"[dim]{DEFAULT_NOTE}[/dim]")
+        model, size = str(CHECKPOINT), size or f"{SIZE}x{SIZE}"
+    size = size or "512x512"
     jobs = _prompt_jobs(prompt, prompts)
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if precision not in dtypes:
@@ -211,7 +218,6 @@ def generate(
         except (OSError, UnidentifiedImageError):
             raise HypernetError(f"{init_image}: not a readable image") from None
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several (accelerate launch)
-    console = Console()
     with console.status(f"loading {model}"):
         pipe, info = load_pipeline(model, vae=vae, dtype=dtypes[precision])
     if not (medvram or lowvram):

@@ -41,7 +41,7 @@ def serve(
     port: Annotated[int, typer.Option(help="Port (A1111's default).")] = 7860,
     listen: Annotated[bool, typer.Option("--listen", help="Serve other machines too (0.0.0.0); use with --api-auth.")] = False,
     api_auth: Annotated[Optional[str], typer.Option("--api-auth", help="user:password[,user2:password2]: HTTP Basic auth for every route, UI included.")] = None,
-    ckpt: Annotated[Optional[Path], typer.Option(help="Checkpoint to load (.safetensors/.ckpt or diffusers folder); default: the first in --models-dir.")] = None,
+    ckpt: Annotated[Optional[Path], typer.Option(help="Checkpoint to load (.safetensors/.ckpt or diffusers folder); default: the first in --models-dir, else hypernet's embedded toy model.")] = None,
     models_dir: Annotated[Path, typer.Option(help="Checkpoints offered by /sd-models and the model setting.")] = Path("models/Stable-diffusion"),
     hypernetwork_dir: Annotated[Path, typer.Option(help="Hypernetworks: <hypernet:NAME> names, create and train.")] = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks")),
     data_dir: Annotated[Path, typer.Option(help="Training and preprocessing folders named by requests must lie inside this one.")] = Path("training_data"),

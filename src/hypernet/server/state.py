@@ -167,17 +167,18 @@ class ServerState:
 
     @classmethod
     def start(cls, config: ServerConfig) -> ServerState:
-        """Find the checkpoint to serve (``--ckpt`` or the first in ``--models-dir``) and load it."""
+        """Find the checkpoint to serve (``--ckpt``, else the first in ``--models-dir``, else the toy model) and load it."""
         found = scan_checkpoints(config)
         if config.ckpt is not None:
             chosen = next((c for c in found if c.path.resolve() == Path(config.ckpt).resolve()), None)
             chosen = chosen or Checkpoint(Path(config.ckpt), Path(config.ckpt).name)
         elif found:
             chosen = found[0]
-        else:
-            raise HypernetError(
-                f"no checkpoint to serve: pass --ckpt FILE or put a .safetensors/.ckpt file in {config.models_dir}."
-            )
+        else:  # nothing of the user's: the embedded toy model, so a fresh install serves something real
+            from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE
+
+            log.warning("%s; pass --ckpt FILE or put checkpoints in %s", DEFAULT_NOTE, config.models_dir)
+            chosen = Checkpoint(CHECKPOINT, CHECKPOINT.name)
         return cls(config, load_model(chosen, config))
 
     # ------------------------------------------------------------------ checkpoints

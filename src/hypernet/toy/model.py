@@ -15,7 +15,10 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from hypernet.engine.checkpoints import assemble_pipeline, family_configs
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "toy" / "toy-sd1.safetensors"
-TEXT_WIDTH = 96
+SIZE = 64  # the toy world's image size; its UNet works on 8x8 latents
+DEFAULT_NOTE = (f"no model given: using hypernet's embedded toy model ({CHECKPOINT.name}, {SIZE}x{SIZE} scenes such as "
+                "'a red circle on a white background, top left')")
+TEXT_WIDTH = 32  # the toy world has 20 words; 32 keeps the (full-vocabulary) token table at 3 MB in fp16
 
 
 def toy_pipeline(seed: int = 0) -> DiffusionPipeline:
@@ -26,7 +29,10 @@ def toy_pipeline(seed: int = 0) -> DiffusionPipeline:
         vae = AutoencoderKL.from_config(
             configs["vae"]
             | {
-                "block_out_channels": [32, 64, 64, 64],
+                # SD's GroupNorm has 32 groups. The decoder's last norm (full resolution) and the encoder's (latent
+                # resolution) sit on the main path, not in a residual branch: with 2 channels per group a flat
+                # region's colour is reduced to signs and the VAE cannot learn colour at all; 4 per group, as in SD
+                "block_out_channels": [128, 64, 64, 128],
                 "layers_per_block": 1,
                 "down_block_types": ["DownEncoderBlock2D"] * 4,
                 "up_block_types": ["UpDecoderBlock2D"] * 4,
@@ -37,8 +43,8 @@ def toy_pipeline(seed: int = 0) -> DiffusionPipeline:
             configs["unet"]
             | {
                 "sample_size": 8,
-                "block_out_channels": [64, 128],
-                "layers_per_block": 2,
+                "block_out_channels": [64, 64],
+                "layers_per_block": 1,
                 "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
                 "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
                 "cross_attention_dim": TEXT_WIDTH,
@@ -47,7 +53,7 @@ def toy_pipeline(seed: int = 0) -> DiffusionPipeline:
         text = CLIPTextModel(
             CLIPTextConfig.from_dict(
                 configs["text_encoder"]
-                | {"hidden_size": TEXT_WIDTH, "intermediate_size": 4 * TEXT_WIDTH, "num_hidden_layers": 3, "num_attention_heads": 1}
+                | {"hidden_size": TEXT_WIDTH, "intermediate_size": 4 * TEXT_WIDTH, "num_hidden_layers": 2, "num_attention_heads": 1}
             )
         )
     return assemble_pipeline("sd1", {"unet": unet, "vae": vae, "text_encoder": text}, "epsilon")

@@ -25,14 +25,14 @@ _D = TrainConfig()  # the defaults, shown in --help
 def train(
     name: Annotated[str, typer.Argument(help="The hypernetwork to train: a name in --hypernetwork-dir (make it with `hypernet create`).")],
     data: Annotated[Path, typer.Option("--data", "--data-root", help="Folder of training images; captions from <image>.txt or the file name.")],
-    model: Annotated[Optional[str], typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id to train against.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id to train against; default: hypernet's embedded toy model (and 64x64).")] = None,
     hypernetwork_dir: Annotated[Path, typer.Option("--hypernetwork-dir", "--dir", help="Where NAME is found and the final network is saved.")] = _HN_DIR,
     log_directory: Annotated[Path, typer.Option(help="Snapshots, previews, loss CSV and settings go to <this>/<date>/<name>/.")] = Path(_D.log_directory),
     learn_rate: Annotated[str, typer.Option(help='Rate or schedule, e.g. "5e-5:100, 5e-6:1500, 5e-7"; training stops where it ends.')] = _D.learn_rate,
     batch_size: Annotated[int, typer.Option(help="Images per step (per process).")] = _D.batch_size,
     gradient_step: Annotated[int, typer.Option(help="Gradient accumulation: micro-batches per optimizer step.")] = _D.gradient_step,
-    width: Annotated[int, typer.Option(help="Training width (images are resized to it).")] = _D.training_width,
-    height: Annotated[int, typer.Option(help="Training height.")] = _D.training_height,
+    width: Annotated[Optional[int], typer.Option(help=f"Training width (images are resized to it); default {_D.training_width}.")] = None,
+    height: Annotated[Optional[int], typer.Option(help=f"Training height; default {_D.training_height}.")] = None,
     varsize: Annotated[bool, typer.Option("--varsize", help="Do not resize images: train each at its own size, batched by size.")] = False,
     steps: Annotated[int, typer.Option(help="Absolute step to stop at (a resumed network continues from its step).")] = _D.steps,
     clip_grad_mode: Annotated[str, typer.Option(help="Gradient clipping: disabled, value or norm.")] = _D.clip_grad_mode,
@@ -69,8 +69,16 @@ def train(
     max_bad_steps: Annotated[int, typer.Option(help="Stop after this many NaN/inf steps in a row.")] = _D.max_bad_steps,
 ) -> None:
     """Train a hypernetwork on a folder of images, like A1111's Train tab: resumable, NaN-safe, Ctrl-C saves."""
+    from rich.console import Console
+
+    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
     from hypernet.train.loop import train_hypernetwork
 
+    default_size = _D.training_width
+    if model is None:
+        Console(stderr=True).print(f"[dim]{DEFAULT_NOTE}[/dim]")
+        model, default_size = str(CHECKPOINT), SIZE
+    width, height = width or default_size, height or default_size
     given = {
         key: value
         for key, value in {
