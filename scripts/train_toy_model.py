@@ -113,7 +113,7 @@ def fold_latent_scale(vae, scaling_factor: float, rng: random.Random) -> None:  
     vae.post_quant_conv.weight[:, :c] /= k
 
 
-def train_unet(pipe, steps: int, batch: int, copies: int, rng: random.Random, log, checkpoint) -> None:  # noqa: ANN001
+def train_unet(pipe, steps: int, batch: int, lr: float, copies: int, rng: random.Random, log, checkpoint) -> None:  # noqa: ANN001
     train, _ = split_scenes()
     items = [(s, render(s, rng)) for s in train for _ in range(copies)]
     with torch.no_grad():
@@ -129,8 +129,8 @@ def train_unet(pipe, steps: int, batch: int, copies: int, rng: random.Random, lo
     scheduler = pipe.scheduler
     alphas = scheduler.alphas_cumprod
     params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.03)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.03)
     pipe.unet.train()
     pipe.text_encoder.train()
     gen = torch.Generator().manual_seed(rng.randrange(2**31))
@@ -186,6 +186,8 @@ def main() -> None:
     parser.add_argument("--vae-batch", type=int, default=8)
     parser.add_argument("--vae-lr", type=float, default=2e-3, help="peak learning rate of the VAE's one-cycle schedule")
     parser.add_argument("--unet-batch", type=int, default=64)
+    parser.add_argument("--unet-lr", type=float, default=1e-3, help="peak learning rate of the UNet's one-cycle schedule")
+    parser.add_argument("--init-from", type=Path, help="start from a checkpoint this script wrote (use --vae-steps 0)")
     parser.add_argument("--copies", type=int, default=12, help="jittered renders per training scene")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--vae-out", type=Path, help="also save the trained VAE here (a torch state dict)")
@@ -200,6 +202,12 @@ def main() -> None:
     start = time.time()
     log = lambda msg: print(f"[{time.time() - start:7.1f}s] {msg}", flush=True)  # noqa: E731
     pipe = toy_pipeline(args.seed)
+    if args.init_from:  # continue training a model this script wrote (all three parts)
+        from hypernet.engine.checkpoints import load_pipeline
+
+        earlier, _ = load_pipeline(args.init_from)
+        for name in ("vae", "unet", "text_encoder"):
+            getattr(pipe, name).load_state_dict(getattr(earlier, name).state_dict())
     if args.vae_from:  # continue from a VAE saved by an earlier run (--vae-steps 0: use it as it is)
         pipe.vae.load_state_dict(torch.load(args.vae_from, weights_only=True))
         pipe.vae.eval()
@@ -209,7 +217,7 @@ def main() -> None:
         fold_latent_scale(pipe.vae, pipe.vae.config.scaling_factor, rng)
         if args.vae_out:
             torch.save(pipe.vae.state_dict(), args.vae_out)
-    train_unet(pipe, args.unet_steps, args.unet_batch, args.copies, rng, log, lambda: save(pipe, args.out))
+    train_unet(pipe, args.unet_steps, args.unet_batch, args.unet_lr, args.copies, rng, log, lambda: save(pipe, args.out))
     save(pipe, args.out)
     log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     print(json.dumps({"name": "train_toy_model", "seconds": round(time.time() - start)} | {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}))
