@@ -217,7 +217,8 @@ def main() -> None:
         fold_latent_scale(pipe.vae, pipe.vae.config.scaling_factor, rng)
         if args.vae_out:
             torch.save(pipe.vae.state_dict(), args.vae_out)
-    train_unet(pipe, args.unet_steps, args.unet_batch, args.unet_lr, args.copies, rng, log, lambda: save(pipe, args.out))
+    if args.unet_steps:  # 0: stop after the VAE (with --vae-out)
+        train_unet(pipe, args.unet_steps, args.unet_batch, args.unet_lr, args.copies, rng, log, lambda: save(pipe, args.out))
     save(pipe, args.out)
     log(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     print(json.dumps({"name": "train_toy_model", "seconds": round(time.time() - start)} | {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}))
