@@ -21,6 +21,7 @@ from rich.table import Table
 
 from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator
+from hypernet.engine.infotext import image_bytes
 from hypernet.fileio import atomic_write_bytes
 from hypernet.toy.model import CHECKPOINT
 from hypernet.toy.style import grid, measure_style, style_scenes, train_style, write_style_dataset
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     picture = grid([plain.images, styled.images], scale=3)
     path = out / "style-grid.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(path, _png(picture))
+    atomic_write_bytes(path, image_bytes(picture, None))
     console.print(f"[bold]4. Same prompts and seeds with <hypernet:style:1>[/bold]: grid (top: without, bottom: with) {path}")
     kept = sum(detect_colour(image) is not None for image in styled.images)
     console.print(f"   sepia score without the tag {plain.mean:.2f}, with it {styled.mean:.2f} "
@@ -75,14 +76,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def _mark(seen: str | None, wanted: str) -> str:
     return f"[green]{seen}[/green]" if seen == wanted else f"[red]{seen or 'nothing'}[/red] (asked {wanted})"
-
-
-def _png(image) -> bytes:  # noqa: ANN001
-    import io
-
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 if __name__ == "__main__":
