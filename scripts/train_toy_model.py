@@ -79,6 +79,11 @@ def train_vae(vae, steps: int, batch: int, lr: float, rng: random.Random, log) -
     check_vae(vae, rng, log)
 
 
+def pil_images(batch: torch.Tensor) -> list[Image.Image]:
+    """The inverse of images_tensor: [-1, 1] NCHW to RGB images."""
+    return [Image.fromarray(((x.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()) for x in batch]
+
+
 @torch.no_grad()
 def check_vae(vae, rng: random.Random, log) -> None:  # noqa: ANN001
     """The ceiling for the whole model: do the detectors read colour and shape back from VAE reconstructions?"""
@@ -88,11 +93,11 @@ def check_vae(vae, rng: random.Random, log) -> None:  # noqa: ANN001
     scenes = [rng.choice(train + held) for _ in range(64)]
     images = [render(s, rng) for s in scenes]
     recon = vae.decode(vae.encode(images_tensor(images)).latent_dist.mean).sample
-    pics = [Image.fromarray(((r.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()) for r in recon]
+    pics = pil_images(recon)
     colour = sum(detect_colour(p) == s.colour for p, s in zip(pics, scenes)) / len(scenes)
     shape = sum(detect_shape(p) == s.shape for p, s in zip(pics, scenes)) / len(scenes)
     sep = vae.decode(vae.encode(images_tensor([sepia(im) for im in images[:16]])).latent_dist.mean).sample
-    sep_pics = [Image.fromarray(((r.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).round().byte().numpy()) for r in sep]
+    sep_pics = pil_images(sep)
     log(f"vae reconstructions: colour {colour:.0%}, shape {shape:.0%}, sepia score {np.mean([style_score(p) for p in sep_pics]):.2f}")
     wrong = [(s, p) for s, p in zip(scenes, pics) if detect_colour(p) != s.colour or detect_shape(p) != s.shape]
     for s, p in wrong[:8]:
