@@ -10,9 +10,11 @@ from typing import Annotated, Optional
 
 import click
 import typer
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
+from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
 from hypernet.fileio import short_hash
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
@@ -158,6 +160,7 @@ def list_(dir: HnDir = DEFAULT_HN_DIR) -> None:
 
 @app.command()
 def generate(
+    ctx: typer.Context,
     prompt: Annotated[Optional[str], typer.Argument(help="Prompt (A1111 syntax); omit with --prompts.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id; "
                                                  "default: hypernet's embedded toy model.")] = None,
@@ -185,6 +188,28 @@ def generate(
     lowvram: Annotated[bool, typer.Option("--lowvram", help="Offload layer by layer: least memory, slowest (GPU).")] = False,
     vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Decode large images in tiles.")] = False,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("outputs"),
+    infotext: Annotated[Optional[str], typer.Option(help="Run with the parameters of an A1111 infotext: an image "
+                                                    "carrying one, a text file, or the text itself; options given "
+                                                    "on the command line win.")] = None,
+    rng: Annotated[str, typer.Option(help="Noise source as A1111: GPU (CUDA's stream; reproduced on any device), "
+                                     "CPU or NV.")] = "GPU",
+    subseed: Annotated[int, typer.Option(help="Variation seed (-1 = random).")] = -1,
+    subseed_strength: Annotated[float, typer.Option(help="Variation strength, 0 (off) to 1.")] = 0.0,
+    seed_resize_from: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT the seed's noise was made at.")] = None,
+    ensd: Annotated[int, typer.Option(help="Eta noise seed delta (A1111 setting).")] = 0,
+    eta: Annotated[Optional[float], typer.Option(help="Eta for ancestral/SDE/DDIM samplers (default: A1111's).")] = None,
+    hires: Annotated[bool, typer.Option("--hires", help="Hires fix: upscale the first pass, then --hr-steps of "
+                                        "img2img at --denoise.")] = False,
+    hr_scale: float = 2.0,
+    hr_resize: Annotated[Optional[str], typer.Option(help="Hires target WIDTHxHEIGHT instead of --hr-scale.")] = None,
+    hr_upscaler: Annotated[str, typer.Option(help="Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic "
+                                             "antialiased), Latent (nearest), Latent (nearest-exact), None, "
+                                             "Lanczos or Nearest.")] = "Latent",
+    hr_steps: Annotated[int, typer.Option(help="Hires steps (0 = --steps).")] = 0,
+    hr_sampler: Optional[str] = None,
+    hr_scheduler: Optional[str] = None,
+    hr_prompt: str = "",
+    hr_negative: str = "",
 ) -> None:
     """Generate images; <hypernet:NAME:WEIGHT> in the prompt applies hypernetworks (A1111 syntax)."""
     import torch
@@ -199,6 +224,18 @@ def generate(
     from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
 
     console = Console()
+    sampler_params: dict = {}
+    if infotext is not None:  # fields the command line did not set come from the infotext
+        pasted, ignored = settings_from_infotext(read_parameters(infotext))
+        sampler_params = pasted.pop("sampler_params", {})
+        chosen = dict(ctx.params)
+        for name, value in _cli_values(pasted).items():
+            if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
+                chosen[name] = value
+        (prompt, negative, sampler, scheduler, steps, cfg, seed, size, clip_skip, denoise, rng, subseed,
+         subseed_strength, seed_resize_from, ensd, eta, hires, hr_scale, hr_resize, hr_upscaler, hr_steps, hr_sampler,
+         hr_scheduler, hr_prompt, hr_negative) = (chosen[k] for k in PASTED_OPTIONS)
+        console.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
     if model is None:
         console.print(f"[dim]{DEFAULT_NOTE}[/dim]")
         model, size = str(CHECKPOINT), size or f"{SIZE}x{SIZE}"
@@ -211,6 +248,13 @@ def generate(
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise HypernetError(f"--size {size!r} must look like 512x768") from None
+    resize_w, resize_h = _size_option("--seed-resize-from", seed_resize_from) if seed_resize_from else (0, 0)
+    hr_x, hr_y = _size_option("--hr-resize", hr_resize) if hr_resize else (0, 0)
+    noise_and_hires = dict(
+        rng=rng, subseed=subseed, subseed_strength=subseed_strength, seed_resize_from_w=resize_w,
+        seed_resize_from_h=resize_h, ensd=ensd, eta=eta, sampler_params=sampler_params, enable_hr=hires,
+        hr_scale=hr_scale, hr_upscaler=hr_upscaler, hr_second_pass_steps=hr_steps, hr_resize_x=hr_x, hr_resize_y=hr_y,
+        hr_sampler_name=hr_sampler, hr_scheduler=hr_scheduler, hr_prompt=hr_prompt, hr_negative_prompt=hr_negative)
     init = None
     if init_image is not None:
         try:
@@ -234,7 +278,8 @@ def generate(
         for index, text in mine:
             job_seed = seed + index * per_job if seed != -1 else -1
             settings = Settings(text, negative, sampler, scheduler, steps, cfg, job_seed, width, height, batch_size,
-                                batch_count, clip_skip, init, denoise, hypernetwork_precision=hypernetwork_precision)
+                                batch_count, clip_skip, init, denoise, hypernetwork_precision=hypernetwork_precision,
+                                **noise_and_hires)
             task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=steps * batch_count)
             result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done))
             for a in result.applied:
@@ -246,6 +291,33 @@ def generate(
                 path = out / f"{start + index * per_job + i:05d}-{seed_used}.png"
                 save_image(image, path, text_info)
                 console.print(f"saved {path}")
+
+
+# the generate options an infotext can fill, in the order generate() unpacks them
+PASTED_OPTIONS = ("prompt", "negative", "sampler", "scheduler", "steps", "cfg", "seed", "size", "clip_skip", "denoise",
+                  "rng", "subseed", "subseed_strength", "seed_resize_from", "ensd", "eta", "hires", "hr_scale",
+                  "hr_resize", "hr_upscaler", "hr_steps", "hr_sampler", "hr_scheduler", "hr_prompt", "hr_negative")
+_SETTING_TO_OPTION = {"negative_prompt": "negative", "sampler_name": "sampler", "cfg_scale": "cfg",
+                      "denoising_strength": "denoise", "enable_hr": "hires", "hr_second_pass_steps": "hr_steps",
+                      "hr_sampler_name": "hr_sampler", "hr_negative_prompt": "hr_negative"}
+
+
+def _cli_values(settings: dict) -> dict:
+    """Settings values (from an infotext) as ``generate`` option values."""
+    values = {_SETTING_TO_OPTION.get(k, k): v for k, v in settings.items()}
+    for option, (w, h) in {"size": ("width", "height"), "seed_resize_from": ("seed_resize_from_w", "seed_resize_from_h"),
+                           "hr_resize": ("hr_resize_x", "hr_resize_y")}.items():
+        if w in values or h in values:
+            values[option] = f"{values.pop(w, 0)}x{values.pop(h, 0)}"
+    return {k: v for k, v in values.items() if k in PASTED_OPTIONS}
+
+
+def _size_option(option: str, value: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise HypernetError(f"{option} {value!r} must look like 512x768") from None
+    return width, height
 
 
 def _next_image_number(folder: Path) -> int:

@@ -140,15 +140,15 @@ def build_router(state: ServerState) -> APIRouter:
 
     @api.get("/samplers", response_model=list[M.SamplerItem])
     def samplers() -> Any:
-        from hypernet.engine.samplers import SAMPLERS
+        from hypernet.sampling import SAMPLERS
 
-        return [s.as_api() for s in SAMPLERS if s.supported]
+        return [s.as_api() for s in SAMPLERS]
 
     @api.get("/schedulers", response_model=list[M.SchedulerItem])
     def schedulers() -> Any:
-        from hypernet.engine.samplers import SCHEDULES
+        from hypernet.sampling import SCHEDULES
 
-        return [s.as_api() for s in SCHEDULES if s.config is not None]
+        return [s.as_api() for s in SCHEDULES]
 
     # ------------------------------------------------------------------ images
     @api.post("/png-info", response_model=M.PNGInfoResponse)

@@ -30,7 +30,7 @@ from hypernet.server.state import ServerState
 
 # Request fields we accept but do not implement: a warning in ``info`` says so, as they change the result.
 UNSUPPORTED_FLAGS = {
-    "enable_hr": "hires fix (enable_hr) is not supported; the image is generated at width x height",
+    "hr_checkpoint_name": "hr_checkpoint_name is not supported; the hires pass used the loaded model",
     "restore_faces": "restore_faces is not supported and was ignored",
     "tiling": "tiling is not supported and was ignored",
 }
@@ -46,7 +46,32 @@ INFOTEXT_FIELDS = {
     "Size-1": ("width", int),
     "Size-2": ("height", int),
     "Denoising strength": ("denoising_strength", float),
+    "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float),
+    "Hires upscale": ("hr_scale", float),
+    "Hires upscaler": ("hr_upscaler", str),
+    "Hires steps": ("hr_second_pass_steps", int),
+    "Hires sampler": ("hr_sampler_name", str),
+    "Hires schedule type": ("hr_scheduler", str),
+    "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str),
 }
+# A1111 settings that steer sampling -> the infotext field hypernet.sampling reads them as.
+SAMPLER_OPTIONS = {
+    "eta_ancestral": "Eta ancestral", "eta_ddim": "Eta DDIM", "s_churn": "Sigma churn", "s_tmin": "Sigma tmin",
+    "s_tmax": "Sigma tmax", "s_noise": "Sigma noise", "sigma_min": "Schedule min sigma",
+    "sigma_max": "Schedule max sigma", "rho": "Schedule rho",
+    "always_discard_next_to_last_sigma": "Discard penultimate sigma", "sgm_noise_multiplier": "SGM noise multiplier",
+    "uni_pc_variant": "UniPC variant", "uni_pc_skip_type": "UniPC skip type", "uni_pc_order": "UniPC order",
+    "uni_pc_lower_order_final": "UniPC lower order final", "beta_dist_alpha": "Beta schedule alpha",
+    "beta_dist_beta": "Beta schedule beta", "img2img_fix_steps": "img2img fix steps",
+    "initial_noise_multiplier": "Noise multiplier", "img2img_extra_noise": "Extra noise",
+}
+
+
+# txt2img request fields that go to Settings unchanged (the hires fix)
+HIRES_SETTINGS = ("enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+                  "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
 
 
 @dataclass
@@ -76,8 +101,8 @@ class Outcome:
 def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
     """Validate a txt2img/img2img request against the loaded model and the limits (raises 4xx errors)."""
     from hypernet.engine.generate import Settings
-    from hypernet.engine.samplers import make_scheduler
     from hypernet.prompt.tags import parse_batch, parse_prompt
+    from hypernet.sampling import resolve_sampler
 
     values = with_defaults(request)
     if values.get("infotext"):
@@ -95,8 +120,6 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
     option = lambda key: overrides.get(key, state.option(key))  # noqa: E731
 
     warnings = [message for key, message in UNSUPPORTED_FLAGS.items() if values.get(key)]
-    if values["subseed_strength"]:
-        warnings.append("variation seeds (subseed_strength) are not supported and were ignored")
     if values["styles"]:
         warnings.append(f"prompt styles {values['styles']} are unknown here (no styles are defined) and were ignored")
     init_image = None
@@ -136,10 +159,23 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
         denoising_strength=values["denoising_strength"] if values["denoising_strength"] is not None else 0.75,
         sd_hypernetwork=sd_hypernetwork,
         extra_networks_default_multiplier=float(option("extra_networks_default_multiplier")),
+        rng=str(option("randn_source")),
+        subseed=values["subseed"],
+        subseed_strength=values["subseed_strength"] or 0.0,
+        seed_resize_from_w=values["seed_resize_from_w"] or 0,
+        seed_resize_from_h=values["seed_resize_from_h"] or 0,
+        ensd=int(option("eta_noise_seed_delta") or 0),
+        eta=values["eta"],
+        sampler_params={name: option(key) for key, name in SAMPLER_OPTIONS.items()},
+        **{key: values[key] for key in HIRES_SETTINGS if kind == "txt2img"},
     )
+    if settings.enable_hr and values["denoising_strength"] is None:
+        raise ApiError(422, "denoising_strength: the hires fix (enable_hr) needs it, e.g. 0.7.")
     settings.check()
     generator = state.model.generator
-    make_scheduler(settings.sampler_name, settings.scheduler, generator.pipe.scheduler.config)  # names, early
+    resolve_sampler(settings.sampler_name, settings.scheduler)  # names, early
+    if settings.enable_hr and (settings.hr_sampler_name or settings.hr_scheduler):
+        resolve_sampler(settings.hr_sampler_name or settings.sampler_name, settings.hr_scheduler or "Automatic")
     parse_batch([settings.prompt], generator.available(), sd_hypernetwork=settings.sd_hypernetwork)  # names, early
     return Plan(kind, values, settings, overrides, warnings)
 
@@ -221,11 +257,8 @@ def _generate(state: ServerState, plan: Plan, job: Job) -> Outcome:
 
 
 def _steps_run(s: Any) -> int:
-    """How many sampling steps the pipeline runs: img2img runs ``steps * strength`` (at least one)."""
-    if s.init_image is None:
-        return s.steps
-    steps = s.steps if int(s.steps * s.denoising_strength) >= 1 else math.ceil(1 / s.denoising_strength)
-    return max(1, steps - int(max(steps - min(steps * s.denoising_strength, steps), 0)))
+    """Progress units per batch: the Generator reports every batch as ``steps`` steps (img2img and hires too)."""
+    return s.steps
 
 
 def respond(state: ServerState, plan: Plan, outcome: Outcome) -> dict[str, Any]:
@@ -356,7 +389,7 @@ class PreviewHook:
         sample = args[0] if args else kwargs["sample"]
         t = args[1] if len(args) > 1 else kwargs["timestep"]
         prediction = output[0] if isinstance(output, tuple) else output.sample
-        i = sample.shape[0] // 2 if sample.shape[0] == 2 * self.batch_size else 0  # CFG: [uncond, cond]
+        i = 0  # hypernet.sampling batches CFG as [cond, uncond], as A1111 does: the first image's cond
         x, e = sample[i : i + 1].float(), prediction[i : i + 1].float()
         a = self._alpha(t)
         x0 = math.sqrt(a) * x - math.sqrt(1 - a) * e if self.v_prediction else (x - math.sqrt(1 - a) * e) / math.sqrt(a)

@@ -51,15 +51,15 @@ def _user_error(error: Exception) -> gr.Error:
 
 
 def _sampler_names() -> list[str]:
-    from hypernet.engine.samplers import SAMPLERS
+    from hypernet.sampling import SAMPLERS
 
-    return [s.name for s in SAMPLERS if s.supported]
+    return [s.name for s in SAMPLERS]
 
 
 def _schedule_labels() -> list[str]:
-    from hypernet.engine.samplers import SCHEDULES
+    from hypernet.sampling import SCHEDULES
 
-    return [s.label for s in SCHEDULES if s.config is not None]
+    return [s.label for s in SCHEDULES]
 
 
 def _context_widths(pipe: Any) -> list[int]:

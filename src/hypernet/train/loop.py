@@ -30,9 +30,9 @@ from hypernet.engine.attention import attention_widths, install_hypernetworks
 from hypernet.engine.checkpoints import ModelInfo, load_pipeline
 from hypernet.engine.conditioning import PromptEncoder
 from hypernet.engine.generate import Generator, Settings
-from hypernet.engine.samplers import make_scheduler
 from hypernet.errors import HypernetError
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
+from hypernet.sampling import resolve_sampler
 from hypernet.train.config import TrainConfig
 from hypernet.train.dataset import Batch, TrainingDataset, build_dataset, derive_seed, pad_and_stack, read_template, resolve_template
 from hypernet.train.outputs import RunOutputs
@@ -277,7 +277,7 @@ class Trainer:
         self._check_widths()
         if c.create_image_every and self.procs.main:
             sampler = c.preview_sampler_name if c.preview_from_txt2img else PREVIEW_DEFAULTS["sampler_name"]
-            make_scheduler(sampler, "Automatic", pipe.scheduler.config)  # a bad sampler name fails now, not at step 500
+            resolve_sampler(sampler)  # a bad sampler name fails now, not at step 500
 
     def _borrow_pipeline(self, cleanup: ExitStack) -> None:
         """Freeze the model on the device; put processors, scheduler, devices and checkpointing back afterwards."""
