@@ -200,3 +200,8 @@ def test_png_info_reads_generated_images(page, server, tmp_path) -> None:
     page.wait_for_function("document.querySelector('#pnginfo_text textarea').value.includes('Seed: 9')")
     assert page.input_value("#pnginfo_text textarea").startswith("a bell <hypernet:style:0.3>")
     shot(page, "6-png-info")
+    page.click("#pnginfo_send_txt2img")
+    open_tab(page, "txt2img")
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.includes('a bell')")
+    assert page.input_value("#txt2img_prompt textarea") == "a bell <hypernet:style:0.3>"
+    assert page.input_value("#txt2img_seed input") == "9"

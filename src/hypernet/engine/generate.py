@@ -347,8 +347,7 @@ class Generator:
         for key in ("ENSD", "RNG"):
             if key in fields:
                 ordered[key] = fields.pop(key)
-        ordered.update(fields)
-        if hr:
+        if hr:  # A1111 adds the hires fields before sampling, so before the sampler's own (Eta, ...)
             target = hires.target_size(s.width, s.height, s.hr_scale, s.hr_resize_x, s.hr_resize_y)
             hr_sampler = plan({"Sampler": s.hr_sampler_name or s.sampler_name, "Seed": 0}).sampler.name
             ordered["Hires sampler"] = hr_sampler if s.hr_sampler_name and hr_sampler != p.sampler.name else None
@@ -361,5 +360,6 @@ class Generator:
             ordered[target.infotext[0]] = target.infotext[1]
             ordered["Hires steps"] = s.hr_second_pass_steps or None
             ordered["Hires upscaler"] = s.hr_upscaler
+        ordered.update(fields)
         ordered["Version"] = f"hypernet {__version__}"
         return format_infotext(prompt, s.negative_prompt, ordered)

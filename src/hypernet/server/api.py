@@ -172,8 +172,20 @@ def build_router(state: ServerState) -> APIRouter:
     def embeddings() -> Any:
         return {"loaded": {}, "skipped": {}}
 
-    for path in ("/loras", "/upscalers", "/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models",
-                 "/latent-upscale-modes", "/extensions"):
+    @api.get("/upscalers")
+    def upscalers() -> Any:
+        from hypernet.engine.hires import IMAGE_UPSCALERS
+
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                for name in IMAGE_UPSCALERS]
+
+    @api.get("/latent-upscale-modes")
+    def latent_upscale_modes() -> Any:
+        from hypernet.engine.hires import LATENT_MODES
+
+        return [{"name": name} for name in LATENT_MODES]
+
+    for path in ("/loras", "/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models", "/extensions"):
         api.add_api_route(path, _empty_list, methods=["GET"], name=path.strip("/"))
     for path in ("/refresh-loras", "/refresh-embeddings", "/refresh-vae"):
         api.add_api_route(path, _nothing, methods=["POST"], name=path.strip("/"))

@@ -21,8 +21,11 @@ from fastapi import FastAPI  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from hypernet.engine.attention import attention_widths  # noqa: E402
+from hypernet.engine.hires import UPSCALERS  # noqa: E402
 from hypernet.engine.infotext import parse_infotext, read_infotext  # noqa: E402
+from hypernet.engine.paste import settings_from_infotext  # noqa: E402
 from hypernet.errors import HypernetError  # noqa: E402
+from hypernet.sampling import resolve_sampler  # noqa: E402
 from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: E402
 from hypernet.server.hypernetworks import create_hypernetwork  # noqa: E402
 from hypernet.server.models import M  # noqa: E402
@@ -184,6 +187,25 @@ def build_ui(state: ServerState) -> gr.Blocks:
                             with gr.Row():
                                 c["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id=f"{kind}_cfg")
                                 c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{kind}_seed")
+                            with gr.Accordion("Variation seed", open=False), gr.Row():
+                                c["subseed"] = gr.Number(value=-1, precision=0, label="Variation seed",
+                                                         elem_id=f"{kind}_subseed")
+                                c["subseed_strength"] = gr.Slider(0.0, 1.0, value=0.0, step=0.01,
+                                                                  label="Variation strength", elem_id=f"{kind}_subseed_strength")
+                            if kind == "txt2img":
+                                with gr.Accordion("Hires. fix", open=False):
+                                    c["enable_hr"] = gr.Checkbox(label="Hires. fix", elem_id="txt2img_enable_hr")
+                                    with gr.Row():
+                                        c["hr_upscaler"] = gr.Dropdown(list(UPSCALERS), value="Latent", label="Upscaler",
+                                                                       elem_id="txt2img_hr_upscaler")
+                                        c["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                                              elem_id="txt2img_hires_steps")
+                                    with gr.Row():
+                                        c["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01,
+                                                                            label="Denoising strength",
+                                                                            elem_id="txt2img_denoising_strength")
+                                        c["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
+                                                                  elem_id="txt2img_hr_scale")
                         with gr.Column():
                             c["gallery"] = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{kind}_gallery",
                                                       height=420)
@@ -231,17 +253,21 @@ def build_ui(state: ServerState) -> gr.Blocks:
                     png_image = gr.Image(label="Image", type="filepath", elem_id="pnginfo_image", height=320)
                     with gr.Column():
                         png_text = gr.Textbox(label="Parameters", lines=6, elem_id="pnginfo_text", buttons=["copy"])
+                        png_to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
                         png_parsed = gr.JSON(label="Parsed", elem_id="pnginfo_parsed")
 
         # -------------------------------------------------------------------- events
         for kind, c in tabs.items():
             names = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height",
-                     "batch_size", "n_iter", "cfg_scale", "seed"] + (["init_image", "denoising_strength"] if kind == "img2img" else [])
+                     "batch_size", "n_iter", "cfg_scale", "seed", "subseed", "subseed_strength"] + (
+                ["init_image", "denoising_strength"] if kind == "img2img" else
+                ["enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale"])
 
             def on_generate(*values: Any, kind: str = kind, names: list[str] = names) -> Iterator[tuple[Any, str, str]]:
                 fields = dict(zip(names, values))
-                for key in ("steps", "width", "height", "batch_size", "n_iter", "seed"):
-                    fields[key] = int(fields[key] if fields[key] is not None else -1)
+                for key in ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed", "hr_second_pass_steps"):
+                    if key in fields:
+                        fields[key] = int(fields[key] if fields[key] is not None else -1)
                 init = fields.pop("init_image", None)
                 if kind == "img2img":
                     if init is None:
@@ -304,6 +330,25 @@ def build_ui(state: ServerState) -> gr.Blocks:
             return text or "", parse_infotext(text) if text else {"note": "this image holds no generation parameters"}
 
         png_image.change(on_png, png_image, [png_text, png_parsed])
+
+        pasted_names = [n for n in tabs["txt2img"] if n not in ("go", "interrupt", "skip", "gallery", "status", "info")]
+
+        def send_to_txt2img(text: str) -> list[Any]:
+            """A1111's "Send to txt2img": every field of the infotext that txt2img has; the rest is listed."""
+            if not text:
+                raise gr.Error("There are no generation parameters to send.", print_exception=False)
+            try:
+                values, ignored = settings_from_infotext(text)
+                if "sampler_name" in values:  # an old combined name ("DPM++ 2M Karras") becomes both dropdowns
+                    sampler, schedule = resolve_sampler(values["sampler_name"], values.get("scheduler") or "Automatic")
+                    values["sampler_name"], values["scheduler"] = sampler.name, schedule.label
+            except HypernetError as e:
+                raise gr.Error(str(e), print_exception=False) from None
+            note = f"Sent to txt2img; ignored: {', '.join(ignored)}" if ignored else "Sent to txt2img."
+            return [gr.update(value=values[n]) if n in values else gr.update() for n in pasted_names] + [note]
+
+        png_to_txt2img.click(send_to_txt2img, png_text,
+                             [tabs["txt2img"][n] for n in pasted_names] + [tabs["txt2img"]["status"]])
     return ui
 
 
