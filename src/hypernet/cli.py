@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 
 import click
 import typer
-from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
@@ -230,7 +229,8 @@ def generate(
         sampler_params = pasted.pop("sampler_params", {})
         chosen = dict(ctx.params)
         for name, value in _cli_values(pasted).items():
-            if ctx.get_parameter_source(name) in (None, ParameterSource.DEFAULT):
+            source = ctx.get_parameter_source(name)
+            if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):  # not given on the command line
                 chosen[name] = value
         (prompt, negative, sampler, scheduler, steps, cfg, seed, size, clip_skip, denoise, rng, subseed,
          subseed_strength, seed_resize_from, ensd, eta, hires, hr_scale, hr_resize, hr_upscaler, hr_steps, hr_sampler,

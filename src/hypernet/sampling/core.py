@@ -109,6 +109,7 @@ class Plan:
     noise_multiplier: float
     extra_noise: float
     img2img_fix_steps: bool
+    cfg_written: Any = None  # "CFG scale" as given (7 stays "7", 7.0 stays "7.0", as A1111 writes them back)
 
     @property
     def seeds(self) -> list[int]:
@@ -133,7 +134,7 @@ class Plan:
         timestep = self.sampler.kind == "timesteps"
         fields: dict[str, Any] = {
             "Steps": self.steps, "Sampler": self.sampler.name, "Schedule type": self.schedule_label,
-            "CFG scale": self.cfg_scale, "Seed": self.seed, "Size": f"{self.width}x{self.height}",
+            "CFG scale": self.cfg_written, "Seed": self.seed, "Size": f"{self.width}x{self.height}",
         }
         if self.subseed_strength != 0:
             fields["Variation seed"] = self.subseed
@@ -214,6 +215,8 @@ def plan(params: Mapping[str, Any]) -> Plan:
         denoising_strength=_float(params, "Denoising strength", 0.75),
         noise_multiplier=_float(params, "Noise multiplier", 1.0), extra_noise=_float(params, "Extra noise", 0.0),
         img2img_fix_steps=_bool(params, "img2img fix steps", False),
+        cfg_written=params.get("CFG scale") if isinstance(params.get("CFG scale"), (int, float)) else
+        _float(params, "CFG scale", 7.0),
     )
 
 
