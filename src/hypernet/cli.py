@@ -341,6 +341,19 @@ def _prompt_jobs(prompt: str | None, prompts_file: Path | None) -> list[tuple[in
     return list(enumerate(texts))
 
 
+@app.command("samplers")
+def samplers() -> None:
+    """List A1111's samplers and schedule types; every one can be used with --sampler / --scheduler."""
+    from hypernet.sampling import SAMPLERS, SCHEDULES
+
+    table = Table("sampler", "aliases", "Automatic schedule")
+    for sampler in SAMPLERS:
+        automatic = sampler.default_schedule or ("timesteps" if sampler.kind == "timesteps" else "the model's")
+        table.add_row(sampler.name, ", ".join(sampler.aliases), automatic)
+    Console().print(table)
+    print("schedule types: " + ", ".join(schedule.label for schedule in SCHEDULES))
+
+
 @app.command("png-info")
 def png_info(file: Path) -> None:
     """Print the generation parameters stored in an image (ours or A1111's)."""
