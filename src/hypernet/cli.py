@@ -62,7 +62,10 @@ def sanitize_name(name: str) -> str:
 def create(
     name: str,
     dir: HnDir = DEFAULT_HN_DIR,
-    sizes: Annotated[str, typer.Option(help="Context widths to give modules to.")] = "768,320,640,1280",
+    sizes: Annotated[Optional[str], typer.Option(help="Context widths to give modules to (A1111: 768,320,640,1280); "
+                                                 "default: the widths of --model.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Size the network for this checkpoint (default: hypernet's "
+                                                 "embedded toy model); ignored with --sizes.")] = None,
     layers: Annotated[str, typer.Option(help="Layer structure, e.g. \"1, 2, 1\".")] = "1, 2, 1",
     activation: Annotated[str, typer.Option(help="linear, relu, swish (= Hardswish), or any torch.nn activation name.")] = "linear",
     init: Annotated[str, typer.Option(help=f"Weight initialization: {', '.join(WEIGHT_INITS)}.")] = "Normal",
@@ -80,9 +83,10 @@ def create(
     path = dir / f"{clean}.{format}"
     if path.exists() and not overwrite:
         raise HypernetError(f"{path} already exists; pass --overwrite to replace it")
+    widths = _widths(sizes) if sizes is not None else _model_widths(model)
     net = Hypernetwork.create(
         clean,
-        _widths(sizes),
+        widths,
         layer_structure=parse_numbers(layers, "--layers"),
         activation_func=activation,
         weight_init=init,
@@ -92,7 +96,19 @@ def create(
         seed=seed,
     )
     net.save(path)
-    Console().print(f"Created {path} ({net.num_parameters():,} parameters)")
+    Console().print(f"Created {path} ({net.num_parameters():,} parameters; widths {', '.join(map(str, widths))})")
+
+
+def _model_widths(model: str | None) -> list[int]:
+    """The widths a network needs on ``model`` (the embedded toy model when None)."""
+    from hypernet.engine.checkpoints import load_pipeline
+    from hypernet.engine.model_defaults import network_widths
+    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE
+
+    if model is None:
+        Console().print(f"[dim]{DEFAULT_NOTE}[/dim]")
+    pipe, info = load_pipeline(model or CHECKPOINT)
+    return network_widths(pipe, info.text_widths)
 
 
 def describe_file(path: Path) -> dict[str, object]:
@@ -167,13 +183,14 @@ def generate(
                                                     "the lines are split across processes.")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
     hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
-    sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'.")] = "DPM++ 2M",
+    sampler: Annotated[Optional[str], typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a' (default: "
+                                                   "the model's, else DPM++ 2M).")] = None,
     scheduler: Annotated[str, typer.Option(help="Schedule type: Automatic, Karras, Exponential, ...")] = "Automatic",
-    steps: int = 20,
-    cfg: Annotated[float, typer.Option(help="CFG scale.")] = 7.0,
+    steps: Annotated[Optional[int], typer.Option(help="Sampling steps (default: the model's, else 20).")] = None,
+    cfg: Annotated[Optional[float], typer.Option(help="CFG scale (default: the model's, else 7).")] = None,
     seed: Annotated[int, typer.Option(help="-1 = random.")] = -1,
-    size: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT, multiples of 8 (default 512x512; 64x64 for the "
-                                                "toy model).")] = None,
+    size: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT, multiples of 8 (default: the model's native "
+                                                "size, e.g. 512x512 for SD 1.x, 64x64 for the toy model).")] = None,
     batch_size: int = 1,
     batch_count: int = 1,
     clip_skip: int = 1,
@@ -220,7 +237,7 @@ def generate(
     from hypernet.engine.generate import Generator, Settings, apply_memory_options
     from hypernet.engine.infotext import save_image
 
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
+    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE
 
     console = Console()
     sampler_params: dict = {}
@@ -238,14 +255,15 @@ def generate(
         console.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
     if model is None:
         console.print(f"[dim]{DEFAULT_NOTE}[/dim]")
-        model, size = str(CHECKPOINT), size or f"{SIZE}x{SIZE}"
-    size = size or "512x512"
+        model = str(CHECKPOINT)
     jobs = _prompt_jobs(prompt, prompts)
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if precision not in dtypes:
         raise HypernetError(f"--precision {precision!r} must be one of fp32, fp16, bf16")
+    width = height = None  # the model's native size
     try:
-        width, height = (int(v) for v in size.lower().split("x"))
+        if size is not None:
+            width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise HypernetError(f"--size {size!r} must look like 512x768") from None
     resize_w, resize_h = _size_option("--seed-resize-from", seed_resize_from) if seed_resize_from else (0, 0)
@@ -280,8 +298,8 @@ def generate(
             settings = Settings(text, negative, sampler, scheduler, steps, cfg, job_seed, width, height, batch_size,
                                 batch_count, clip_skip, init, denoise, hypernetwork_precision=hypernetwork_precision,
                                 **noise_and_hires)
-            task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=steps * batch_count)
-            result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done))
+            task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=None)
+            result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done, total=total))
             for a in result.applied:
                 hits = ", ".join(f"{n} layers at width {w}" for w, n in sorted(a.layers_by_width.items()))
                 console.print(f"applied {a.name} x{a.multiplier}: {hits}")

@@ -25,6 +25,7 @@ from hypernet.engine.attention import attention_widths, install_hypernetworks
 from hypernet.engine.checkpoints import ModelInfo
 from hypernet.engine.conditioning import PromptEncoder
 from hypernet.engine.infotext import format_infotext
+from hypernet.engine.model_defaults import model_defaults
 from hypernet.errors import HypernetError
 from hypernet.sampling import Plan, plan, sample_latent
 from hypernet.sampling.schedules import alphas_cumprod_for
@@ -54,13 +55,15 @@ class Settings:
 
     prompt: str
     negative_prompt: str = ""
-    sampler_name: str = "DPM++ 2M"
+    # None: the loaded model's default (its native size, its recorded sampler/steps/CFG, else A1111's DPM++ 2M,
+    # 20 steps, CFG 7; see hypernet.engine.model_defaults). The HTTP API always fills these with A1111's values.
+    sampler_name: str | None = None
     scheduler: str = "Automatic"
-    steps: int = 20
-    cfg_scale: float = 7.0
+    steps: int | None = None
+    cfg_scale: float | None = None
     seed: int = -1
-    width: int = 512
-    height: int = 512
+    width: int | None = None
+    height: int | None = None
     batch_size: int = 1
     n_iter: int = 1
     clip_skip: int = 1
@@ -93,9 +96,9 @@ class Settings:
     def check(self) -> None:
         for name in ("width", "height"):
             value = getattr(self, name)
-            if value < 8 or value % 8:
+            if value is not None and (value < 8 or value % 8):
                 raise HypernetError(f"{name} is {value}; expected a positive multiple of 8, e.g. 512.")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise HypernetError(f"steps is {self.steps}; expected at least 1.")
         if self.batch_size < 1 or self.n_iter < 1:
             raise HypernetError("batch size and batch count must be at least 1.")
@@ -176,6 +179,7 @@ class Generator:
         self._loaded: dict[str, tuple[float, Hypernetwork]] = {}  # path -> (mtime, network)
         self._attention_widths = attention_widths(pipe.unet)
         self.alphas_cumprod = alphas_cumprod_for(pipe.scheduler.config)
+        self.defaults = model_defaults(pipe, info.path)  # what unset Settings fields become
 
     @property
     def device(self) -> torch.device:
@@ -236,6 +240,7 @@ class Generator:
         caller watch progress and interrupt or skip.
         """
         hooks = hooks or Hooks(progress=progress)
+        s = self.defaults.complete(s)
         s.check()
         base_seed = random.randrange(4294967294) if s.seed == -1 else int(s.seed)
         base_subseed = random.randrange(4294967294) if s.subseed == -1 else int(s.subseed)

@@ -25,25 +25,25 @@ _D = TrainConfig()  # the defaults, shown in --help
 def train(
     name: Annotated[str, typer.Argument(help="The hypernetwork to train: a name in --hypernetwork-dir (make it with `hypernet create`).")],
     data: Annotated[Path, typer.Option("--data", "--data-root", help="Folder of training images; captions from <image>.txt or the file name.")],
-    model: Annotated[Optional[str], typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id to train against; default: hypernet's embedded toy model (and 64x64).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id to train against; default: hypernet's embedded toy model. Settings the checkpoint records (the toy model's size, steps, rate, batch, template) replace A1111's defaults below.")] = None,
     hypernetwork_dir: Annotated[Path, typer.Option("--hypernetwork-dir", "--dir", help="Where NAME is found and the final network is saved.")] = _HN_DIR,
     log_directory: Annotated[Path, typer.Option(help="Snapshots, previews, loss CSV and settings go to <this>/<date>/<name>/.")] = Path(_D.log_directory),
-    learn_rate: Annotated[str, typer.Option(help='Rate or schedule, e.g. "5e-5:100, 5e-6:1500, 5e-7"; training stops where it ends.')] = _D.learn_rate,
-    batch_size: Annotated[int, typer.Option(help="Images per step (per process).")] = _D.batch_size,
+    learn_rate: Annotated[Optional[str], typer.Option(help=f'Rate or schedule, e.g. "5e-5:100, 5e-6:1500, 5e-7"; training stops where it ends; default {_D.learn_rate}.')] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step (per process); default {_D.batch_size}.")] = None,
     gradient_step: Annotated[int, typer.Option(help="Gradient accumulation: micro-batches per optimizer step.")] = _D.gradient_step,
     width: Annotated[Optional[int], typer.Option(help=f"Training width (images are resized to it); default {_D.training_width}.")] = None,
     height: Annotated[Optional[int], typer.Option(help=f"Training height; default {_D.training_height}.")] = None,
     varsize: Annotated[bool, typer.Option("--varsize", help="Do not resize images: train each at its own size, batched by size.")] = False,
-    steps: Annotated[int, typer.Option(help="Absolute step to stop at (a resumed network continues from its step).")] = _D.steps,
+    steps: Annotated[Optional[int], typer.Option(help=f"Absolute step to stop at (a resumed network continues from its step); default {_D.steps}.")] = None,
     clip_grad_mode: Annotated[str, typer.Option(help="Gradient clipping: disabled, value or norm.")] = _D.clip_grad_mode,
     clip_grad_value: Annotated[str, typer.Option(help="Clip threshold; a schedule like --learn-rate.")] = _D.clip_grad_value,
     shuffle_tags: Annotated[bool, typer.Option("--shuffle-tags", help="Shuffle the comma-separated tags of each caption.")] = False,
     tag_dropout: Annotated[float, typer.Option("--tag-dropout", "--tag-drop-out", help="Drop each caption tag with this probability.")] = _D.tag_drop_out,
     latent_sampling: Annotated[str, typer.Option("--latent-sampling", "--latent-sampling-method", help="once, deterministic or random.")] = _D.latent_sampling_method,
     use_weight: Annotated[bool, typer.Option("--use-weight", help="Use the PNG alpha channel as loss weight.")] = False,
-    image_every: Annotated[int, typer.Option("--image-every", "--create-image-every", help="Preview image every N steps (0: never).")] = _D.create_image_every,
-    save_every: Annotated[int, typer.Option("--save-every", "--save-hypernetwork-every", help="Save a snapshot every N steps (0: never).")] = _D.save_hypernetwork_every,
-    template: Annotated[str, typer.Option("--template", "--template-filename", help="Prompt template: hypernetwork.txt, none.txt, style.txt, style_filewords.txt, subject.txt, subject_filewords.txt, or a file.")] = _D.template_filename,
+    image_every: Annotated[Optional[int], typer.Option("--image-every", "--create-image-every", help=f"Preview image every N steps (0: never); default {_D.create_image_every}.")] = None,
+    save_every: Annotated[Optional[int], typer.Option("--save-every", "--save-hypernetwork-every", help=f"Save a snapshot every N steps (0: never); default {_D.save_hypernetwork_every}.")] = None,
+    template: Annotated[Optional[str], typer.Option("--template", "--template-filename", help=f"Prompt template: filewords.txt, hypernetwork.txt, none.txt, style.txt, style_filewords.txt, subject.txt, subject_filewords.txt, or a file; default {_D.template_filename}.")] = None,
     templates_dir: Annotated[Optional[Path], typer.Option(help="More template files (looked up by file name).")] = None,
     preview_prompt: Annotated[Optional[str], typer.Option(help="Preview prompt (default: the batch's prompt). Any --preview-* option uses all of them, as A1111's 'Read parameters from txt2img' does.")] = None,
     preview_negative_prompt: Annotated[Optional[str], typer.Option(help="Preview negative prompt.")] = None,
@@ -60,7 +60,7 @@ def train(
     device: Annotated[Optional[str], typer.Option(help="cuda, cuda:1, cpu (default: cuda if available).")] = None,
     vae: Annotated[Optional[Path], typer.Option(help="Separate VAE file.")] = None,
     clip_skip: Annotated[int, typer.Option(help="A1111's CLIP skip.")] = _D.clip_skip,
-    csv_every: Annotated[int, typer.Option("--csv-every", help="Write a loss CSV row every N steps (A1111's training_write_csv_every).")] = _D.training_write_csv_every,
+    csv_every: Annotated[Optional[int], typer.Option("--csv-every", help=f"Write a loss CSV row every N steps (A1111's training_write_csv_every); default {_D.training_write_csv_every}.")] = None,
     save_optimizer_state: Annotated[bool, typer.Option("--save-optimizer-state/--no-save-optimizer-state", help="Write .pt.optim sidecars for exact resume.")] = True,
     keep_models_on_gpu: Annotated[bool, typer.Option("--keep-models-on-gpu", help="Keep the VAE and text encoders on the GPU after caching.")] = False,
     tensorboard: Annotated[bool, typer.Option("--tensorboard", help="Also log to <log>/tensorboard (needs the tensorboard package).")] = False,
@@ -71,14 +71,21 @@ def train(
     """Train a hypernetwork on a folder of images, like A1111's Train tab: resumable, NaN-safe, Ctrl-C saves."""
     from rich.console import Console
 
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
+    from hypernet.engine.model_defaults import checkpoint_defaults
+    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE
     from hypernet.train.loop import train_hypernetwork
 
-    default_size = _D.training_width
     if model is None:
         Console(stderr=True).print(f"[dim]{DEFAULT_NOTE}[/dim]")
-        model, default_size = str(CHECKPOINT), SIZE
-    width, height = width or default_size, height or default_size
+        model = str(CHECKPOINT)
+    # what the user gave, over what the checkpoint records, over A1111's defaults
+    recorded = checkpoint_defaults(model).training()
+    chosen = {key: value for key, value in {
+        "learn_rate": learn_rate, "batch_size": batch_size, "steps": steps, "create_image_every": image_every,
+        "save_hypernetwork_every": save_every, "template_filename": template, "training_write_csv_every": csv_every,
+        "training_width": width, "training_height": height}.items() if value is not None}
+    picked = {key: value for key, value in vars(_D).items() if key in recorded or key in chosen} | recorded | chosen
+    width, height = picked.pop("training_width"), picked.pop("training_height")
     given = {
         key: value
         for key, value in {
@@ -90,22 +97,23 @@ def train(
         if value is not None
     }
     # Like A1111's "Read parameters from txt2img": any preview option (a seed alone aside) takes them all.
-    preview = {"preview_from_txt2img": any(key != "preview_seed" for key in given),
-               "preview_width": width, "preview_height": height} | given
+    preview = {key: value for key, value in picked.items() if key.startswith("preview_")}
+    picked = {key: value for key, value in picked.items() if not key.startswith("preview_")}
+    preview |= {"preview_from_txt2img": any(key != "preview_seed" for key in given),
+                "preview_width": width, "preview_height": height} | given
     config = TrainConfig(
-        hypernetwork_name=name, learn_rate=learn_rate, batch_size=batch_size, gradient_step=gradient_step,
+        hypernetwork_name=name, gradient_step=gradient_step,
         data_root=str(data), log_directory=str(log_directory), training_width=width, training_height=height,
-        varsize=varsize, steps=steps, clip_grad_mode=clip_grad_mode, clip_grad_value=clip_grad_value,
+        varsize=varsize, clip_grad_mode=clip_grad_mode, clip_grad_value=clip_grad_value,
         shuffle_tags=shuffle_tags, tag_drop_out=tag_dropout, latent_sampling_method=latent_sampling,
-        use_weight=use_weight, create_image_every=image_every, save_hypernetwork_every=save_every,
-        template_filename=template, save_optimizer_state=save_optimizer_state, training_write_csv_every=csv_every,
+        use_weight=use_weight, save_optimizer_state=save_optimizer_state,
         unload_models_when_training=not keep_models_on_gpu, dataset_filename_word_regex=filename_word_regex,
         dataset_filename_join_string=filename_join_string, training_enable_tensorboard=tensorboard,
         training_tensorboard_save_images=tensorboard, clip_skip=clip_skip, model=model,
         vae=str(vae) if vae else None, hypernetwork_dir=str(hypernetwork_dir),
         templates_dir=str(templates_dir) if templates_dir else None,
         resume_from=str(resume_from) if resume_from else None, seed=seed, device=device, precision=precision,
-        gradient_checkpointing=gradient_checkpointing, max_bad_steps=max_bad_steps, **preview,
+        gradient_checkpointing=gradient_checkpointing, max_bad_steps=max_bad_steps, **preview, **picked,
     )
     result = train_hypernetwork(config, progress=_ProgressBar())
     _print_result(result)

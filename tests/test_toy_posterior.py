@@ -1,0 +1,70 @@
+"""The toy VAE's posterior is as narrow as SD's, so everything that samples it (img2img, A1111's default "once"
+latent caching) sees the image rather than noise."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hypernet.engine.checkpoints import load_pipeline
+from hypernet.engine.generate import Generator, Settings
+from hypernet.toy.model import CHECKPOINT
+from hypernet.toy.style import measure_style, train_style, write_style_dataset
+from hypernet.toy.world import detect_colour, detect_shape, render, split_scenes
+
+SOURCE = "a red circle on a white background, center"
+OTHER = "a blue square on a white background, center"
+
+
+@pytest.fixture(scope="module")
+def shipped() -> tuple:
+    return load_pipeline(CHECKPOINT)
+
+
+def test_posterior_std_is_tiny_next_to_the_latents(shipped: tuple) -> None:
+    pipe, _ = shipped
+    rng = random.Random(0)
+    scenes = [rng.choice(split_scenes()[0]) for _ in range(8)]
+    x = torch.from_numpy(np.stack([np.asarray(render(s, rng), np.float32) for s in scenes]) / 127.5 - 1)
+    with torch.no_grad():
+        dist = pipe.vae.encode(x.permute(0, 3, 1, 2)).latent_dist
+        assert dist.std.max() < 0.01 * dist.mean.std()  # was 3x the latents' std before the fix
+        gap = (pipe.vae.decode(dist.sample()).sample - pipe.vae.decode(dist.mean).sample).abs().max()
+    assert gap < 0.05
+
+
+def test_img2img_keeps_the_init_image_at_low_denoising_and_follows_the_prompt_at_high(shipped: tuple) -> None:
+    generator = Generator(*shipped)
+
+    def run(prompt: str, seed: int, **kw: object) -> tuple[str | None, str | None]:
+        image = generator.generate(Settings(prompt, steps=20, cfg_scale=5, width=64, height=64, seed=seed, **kw)).images[0]
+        return detect_colour(image), detect_shape(image)
+
+    inits = [generator.generate(Settings(SOURCE, steps=20, cfg_scale=5, width=64, height=64, seed=s)).images[0]
+             for s in range(6)]
+    assert all((detect_colour(i), detect_shape(i)) == ("red", "circle") for i in inits)
+    kept_same = sum(run(SOURCE, 100 + s, init_image=i, denoising_strength=0.3) == ("red", "circle")
+                    for s, i in enumerate(inits))
+    kept_empty = sum(run("", 100 + s, init_image=i, denoising_strength=0.3) == ("red", "circle")
+                     for s, i in enumerate(inits))
+    prompt_wins = sum(run(OTHER, 100 + s, init_image=i, denoising_strength=0.9) == ("blue", "square")
+                      for s, i in enumerate(inits))
+    assert kept_same >= 5 and kept_empty >= 5 and prompt_wins >= 5, (kept_same, kept_empty, prompt_wins)
+
+
+def test_training_with_once_latent_sampling_learns_the_style(shipped: tuple, tmp_path: Path) -> None:
+    """A1111's default latent caching samples the posterior once per image; it must train as well as the mean."""
+    pipe, info = shipped
+    generator = Generator(pipe, info, hypernetwork_dir=tmp_path / "hypernetworks")
+    scenes = split_scenes()[1][:4]
+    before = measure_style(generator, scenes)
+    data = write_style_dataset(tmp_path / "data")
+    result = train_style(pipe, info, data, tmp_path / "hypernetworks", tmp_path / "log", steps=150,
+                         latent_sampling_method="once")
+    assert result.stopped == "finished"
+    after = measure_style(generator, scenes, tag="<hypernet:style:1>")
+    assert after.mean >= before.mean + 0.2, (before.scores, after.scores)
