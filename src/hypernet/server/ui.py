@@ -34,6 +34,11 @@ from hypernet.server.state import ServerState  # noqa: E402
 CSS = """
 #hn_cards .caption-label { white-space: normal; }
 .hn-note { font-size: 0.9em; opacity: 0.8; }
+/* results are shown whole (object-fit: contain) and tiny ones scaled up with hard pixel edges, not blurred */
+#txt2img_gallery img, #img2img_gallery img, #train_preview img { image-rendering: pixelated; object-fit: contain; }
+#txt2img_gallery .grid-container, #img2img_gallery .grid-container {
+  grid-template-columns: repeat(auto-fit, minmax(0, 380px)) !important; justify-content: center; }
+#txt2img_gallery .thumbnail-item, #img2img_gallery .thumbnail-item { max-height: 380px; }
 """
 PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".jpeg", ".webp")
 ACTIVATIONS = ["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "celu", "gelu", "glu", "hardshrink",
@@ -147,6 +152,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
         yield outcome.images, info, done
 
     samplers, schedules = _sampler_names(), _schedule_labels()
+    model = state.model.generator.defaults  # the loaded model's size, sampler, steps and CFG (A1111's when it has none)
 
     with gr.Blocks(title="hypernet") as ui:
         header = gr.Markdown(f"## hypernet · {state.model.checkpoint.title}")
@@ -173,19 +179,19 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                 c["denoising_strength"] = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength",
                                                                     elem_id="img2img_denoising")
                             with gr.Row():
-                                c["sampler_name"] = gr.Dropdown(samplers, value="DPM++ 2M", label="Sampling method",
+                                c["sampler_name"] = gr.Dropdown(samplers, value=model.sampler_name, label="Sampling method",
                                                                 elem_id=f"{kind}_sampler")
                                 c["scheduler"] = gr.Dropdown(schedules, value="Automatic", label="Schedule type",
                                                              elem_id=f"{kind}_scheduler")
-                            c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{kind}_steps")
+                            c["steps"] = gr.Slider(1, 150, value=model.steps, step=1, label="Sampling steps", elem_id=f"{kind}_steps")
                             with gr.Row():
-                                c["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{kind}_width")
-                                c["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{kind}_height")
+                                c["width"] = gr.Slider(64, 2048, value=model.width, step=8, label="Width", elem_id=f"{kind}_width")
+                                c["height"] = gr.Slider(64, 2048, value=model.height, step=8, label="Height", elem_id=f"{kind}_height")
                             with gr.Row():
                                 c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{kind}_batch_size")
                                 c["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{kind}_n_iter")
                             with gr.Row():
-                                c["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id=f"{kind}_cfg")
+                                c["cfg_scale"] = gr.Slider(1.0, 30.0, value=model.cfg_scale, step=0.5, label="CFG scale", elem_id=f"{kind}_cfg")
                                 c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{kind}_seed")
                             with gr.Accordion("Variation seed", open=False), gr.Row():
                                 c["subseed"] = gr.Number(value=-1, precision=0, label="Variation seed",
@@ -208,7 +214,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                                                   elem_id="txt2img_hr_scale")
                         with gr.Column():
                             c["gallery"] = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{kind}_gallery",
-                                                      height=420)
+                                                      height=420, object_fit="contain")
                             c["status"] = gr.Markdown(elem_id=f"{kind}_status")
                             c["info"] = gr.Textbox(label="Generation info", lines=4, elem_id=f"{kind}_info", buttons=["copy"])
                     tabs[kind] = c
@@ -299,6 +305,13 @@ def build_ui(state: ServerState) -> gr.Blocks:
         for trigger in (refresh.click, hn_tab.select, ui.load):
             trigger(show_cards, None, [gallery, card_names, table])
         ui.load(lambda: f"## hypernet · {state.model.checkpoint.title}", None, header)  # the model may have changed
+        follow_model = [c[k] for c in tabs.values() for k in ("sampler_name", "steps", "width", "height", "cfg_scale")]
+
+        def model_values() -> list[Any]:
+            d = state.model.generator.defaults
+            return [d.sampler_name, d.steps, d.width, d.height, d.cfg_scale] * len(tabs)
+
+        ui.load(model_values, None, follow_model)
         gallery.select(insert_tag, [card_names, insert_into, multiplier, tabs["txt2img"]["prompt"], tabs["img2img"]["prompt"]],
                        [tabs["txt2img"]["prompt"], tabs["img2img"]["prompt"]])
 
@@ -359,7 +372,7 @@ class TrainingTabs:
         from hypernet.train import TrainConfig
         from hypernet.train.dataset import available_templates
 
-        defaults = TrainConfig()
+        defaults = TrainConfig(**state.model.generator.defaults.training())  # the model's, else A1111's
         data_dir, log_dir = state.config.data_dir, state.config.log_dir
         with gr.Tab("Preprocess images", id="train_preprocess"):
             gr.Markdown(f"Folders are relative to the data folder `{data_dir}`.", elem_classes="hn-note")
@@ -367,8 +380,8 @@ class TrainingTabs:
                 pre_src = gr.Textbox(label="Source directory", elem_id="pre_src")
                 pre_dst = gr.Textbox(label="Destination directory", elem_id="pre_dst")
             with gr.Row():
-                pre_width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="pre_width")
-                pre_height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="pre_height")
+                pre_width = gr.Slider(64, 2048, value=defaults.training_width, step=8, label="Width", elem_id="pre_width")
+                pre_height = gr.Slider(64, 2048, value=defaults.training_height, step=8, label="Height", elem_id="pre_height")
                 pre_txt = gr.Dropdown(["ignore", "copy", "prepend", "append"], value="ignore",
                                       label="Existing caption txt action", elem_id="pre_txt")
             with gr.Row():
@@ -390,7 +403,7 @@ class TrainingTabs:
                 train_refresh = gr.Button("Refresh", size="sm", elem_id="train_refresh")
             with gr.Row():
                 learn_rate = gr.Textbox(value=defaults.learn_rate, label="Hypernetwork learning rate", elem_id="train_lr")
-                batch_size = gr.Number(value=1, precision=0, label="Batch size", elem_id="train_batch_size")
+                batch_size = gr.Number(value=defaults.batch_size, precision=0, label="Batch size", elem_id="train_batch_size")
                 gradient_step = gr.Number(value=1, precision=0, label="Gradient accumulation steps", elem_id="train_grad_step")
             with gr.Row():
                 data_root = gr.Textbox(label="Dataset directory", elem_id="train_data")
@@ -398,8 +411,8 @@ class TrainingTabs:
                 template = gr.Dropdown(sorted(available_templates(None)), value=defaults.template_filename,
                                        label="Prompt template", elem_id="train_template")
             with gr.Row():
-                width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="train_width")
-                height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="train_height")
+                width = gr.Slider(64, 2048, value=defaults.training_width, step=8, label="Width", elem_id="train_width")
+                height = gr.Slider(64, 2048, value=defaults.training_height, step=8, label="Height", elem_id="train_height")
                 varsize = gr.Checkbox(label="Do not resize images", elem_id="train_varsize")
             with gr.Row():
                 steps = gr.Number(value=defaults.steps, precision=0, label="Max steps", elem_id="train_steps")
