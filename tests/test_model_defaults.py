@@ -18,6 +18,8 @@ from hypernet.errors import HypernetError
 from hypernet.testing import save_single_file, tiny_pipeline
 from hypernet.toy.model import CHECKPOINT, RECORDED_DEFAULTS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # two shared cores: no OpenMP oversubscription
+
 
 def test_the_toy_checkpoint_records_the_settings_its_figures_were_measured_with() -> None:
     with safetensors.safe_open(str(CHECKPOINT), "pt") as f:

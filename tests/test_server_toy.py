@@ -6,12 +6,15 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from hypernet.server.app import create_app
 from hypernet.server.state import ServerState
 from hypernet.server.testing import tiny_server_config
 from hypernet.toy.model import CHECKPOINT
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # two shared cores: no OpenMP oversubscription
 
 
 def test_the_toy_model_stays_listed_and_selectable_after_switching_away(tmp_path: Path) -> None:

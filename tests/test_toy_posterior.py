@@ -16,6 +16,8 @@ from hypernet.toy.model import CHECKPOINT
 from hypernet.toy.style import measure_style, train_style, write_style_dataset
 from hypernet.toy.world import detect_colour, detect_shape, render, split_scenes
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # two shared cores: no OpenMP oversubscription
+
 SOURCE = "a red circle on a white background, center"
 OTHER = "a blue square on a white background, center"
 
