@@ -446,7 +446,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
             d = state.model.generator.defaults
             return [d.sampler_name, d.steps, d.width, d.height, d.cfg_scale] * len(tabs)
 
-        ui.load(model_values, None, follow_model)
+        # (not on page load: it would race a user who starts typing; a model switch from the UI updates them)
         checkpoint.input(switch_checkpoint, checkpoint, [checkpoint, header, *follow_model], show_progress="minimal")
         gallery.select(insert_tag, [card_names, insert_into, multiplier, tabs["txt2img"]["prompt"], tabs["img2img"]["prompt"]],
                        [tabs["txt2img"]["prompt"], tabs["img2img"]["prompt"]])
