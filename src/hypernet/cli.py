@@ -167,6 +167,8 @@ def generate(
                                                     "the lines are split across processes.")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
     hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
+    esrgan_dir: Annotated[Path, typer.Option(help="ESRGAN models for --hr-upscaler NAME (file stem).")] = Path(
+        "models/ESRGAN"),
     sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'.")] = "DPM++ 2M",
     scheduler: Annotated[str, typer.Option(help="Schedule type: Automatic, Karras, Exponential, ...")] = "Automatic",
     steps: int = 20,
@@ -203,7 +205,8 @@ def generate(
     hr_resize: Annotated[Optional[str], typer.Option(help="Hires target WIDTHxHEIGHT instead of --hr-scale.")] = None,
     hr_upscaler: Annotated[str, typer.Option(help="Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic "
                                              "antialiased), Latent (nearest), Latent (nearest-exact), None, "
-                                             "Lanczos or Nearest.")] = "Latent",
+                                             "Lanczos, Nearest, or an ESRGAN model's file name "
+                                             "without extension in --esrgan-dir.")] = "Latent",
     hr_steps: Annotated[int, typer.Option(help="Hires steps (0 = --steps).")] = 0,
     hr_sampler: Optional[str] = None,
     hr_scheduler: Optional[str] = None,
@@ -267,7 +270,7 @@ def generate(
     if not (medvram or lowvram):
         pipe.to(state.device)
     apply_memory_options(pipe, medvram=medvram, lowvram=lowvram, vae_tiling=vae_tiling)
-    generator = Generator(pipe, info, hypernetwork_dir)
+    generator = Generator(pipe, info, hypernetwork_dir, esrgan_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_job = batch_size * batch_count
     start = _next_image_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)

@@ -20,7 +20,7 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from hypernet import __version__
-from hypernet.engine import hires, latents
+from hypernet.engine import hires, latents, upscalers
 from hypernet.engine.attention import attention_widths, install_hypernetworks
 from hypernet.engine.checkpoints import ModelInfo
 from hypernet.engine.conditioning import PromptEncoder
@@ -104,8 +104,7 @@ class Settings:
                                 f"{', '.join(NETWORK_DTYPES)}.")
         if not 0 < self.denoising_strength <= 1 and (self.init_image is not None or self.enable_hr):
             raise HypernetError(f"denoising strength is {self.denoising_strength}; expected a value in (0, 1].")
-        if self.enable_hr:
-            hires.check_upscaler(self.hr_upscaler)
+        if self.enable_hr:  # the upscaler's name is checked by the Generator, which knows its ESRGAN folder
             if self.hr_scale <= 0 and not (self.hr_resize_x or self.hr_resize_y):
                 raise HypernetError(f"hires scale is {self.hr_scale}; expected a positive factor, e.g. 2.")
 
@@ -167,8 +166,10 @@ def apply_memory_options(pipe: DiffusionPipeline, *, medvram: bool = False, lowv
 class Generator:
     """A loaded model that generates with hypernetworks named in prompts (``<hypernet:NAME:WEIGHT>``)."""
 
-    def __init__(self, pipe: DiffusionPipeline, info: ModelInfo, hypernetwork_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, pipe: DiffusionPipeline, info: ModelInfo, hypernetwork_dir: str | os.PathLike[str] | None = None,
+                 esrgan_dir: str | os.PathLike[str] | None = None) -> None:
         self.pipe = pipe
+        self.esrgan_dir = Path(esrgan_dir) if esrgan_dir is not None else None
         pipe.set_progress_bar_config(disable=True)  # callers show progress through ``progress``
         self.info = info
         self.hypernetwork_dir = Path(hypernetwork_dir) if hypernetwork_dir is not None else None
@@ -185,6 +186,14 @@ class Generator:
     def available(self) -> dict[str, Path]:
         """Hypernetworks discovered in the folder now (A1111's rules); re-scanned on every call."""
         return list_hypernetworks(self.hypernetwork_dir) if self.hypernetwork_dir else {}
+
+    def upscalers(self) -> dict[str, Path]:
+        """ESRGAN upscalers in the folder now (name: file stem); re-scanned on every call."""
+        return upscalers.list_esrgan(self.esrgan_dir)
+
+    def check_upscaler(self, name: str | None) -> str:
+        """The hires upscaler's name, built in or an ESRGAN file here; an unknown one is an error sentence."""
+        return hires.check_upscaler(name, self.upscalers())
 
     def _network(self, path: Path) -> Hypernetwork:
         mtime = path.stat().st_mtime
@@ -237,6 +246,8 @@ class Generator:
         """
         hooks = hooks or Hooks(progress=progress)
         s.check()
+        if s.enable_hr:
+            self.check_upscaler(s.hr_upscaler)
         base_seed = random.randrange(4294967294) if s.seed == -1 else int(s.seed)
         base_subseed = random.randrange(4294967294) if s.subseed == -1 else int(s.subseed)
         plan(s.params(base_seed, base_subseed))  # bad names and values fail before any work
@@ -314,11 +325,13 @@ class Generator:
                common: dict[str, Any]) -> torch.Tensor:
         """A1111's second pass: upscale, fresh same-seed noise at the new size, img2img for exactly the hires steps."""
         target = hires.target_size(s.width, s.height, s.hr_scale, s.hr_resize_x, s.hr_resize_y)
-        upscaler = hires.check_upscaler(s.hr_upscaler)
+        upscaler = self.check_upscaler(s.hr_upscaler)
         if upscaler in hires.LATENT_MODES:
             x = hires.upscale_latent(x, target, upscaler)
         else:
-            images = [hires.upscale_image(im, target, upscaler) for im in latents.decode(self.pipe.vae, x)]
+            files = self.upscalers()
+            model = upscalers.load_esrgan(files[upscaler]).to(self.device) if upscaler in files else None
+            images = [hires.upscale_image(im, target, upscaler, model) for im in latents.decode(self.pipe.vae, x)]
             x = hires.crop(latents.encode(self.pipe.vae, images, self.device), target)
         hr_params = {**params, "Sampler": s.hr_sampler_name or s.sampler_name,
                      "Schedule type": s.hr_scheduler or s.scheduler,

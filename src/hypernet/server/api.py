@@ -175,9 +175,12 @@ def build_router(state: ServerState) -> APIRouter:
     @api.get("/upscalers")
     def upscalers() -> Any:
         from hypernet.engine.hires import IMAGE_UPSCALERS
+        from hypernet.engine.upscalers import list_esrgan
 
-        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-                for name in IMAGE_UPSCALERS]
+        return [*({"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                  for name in IMAGE_UPSCALERS),
+                *({"name": name, "model_name": "ESRGAN", "model_path": str(path), "model_url": None, "scale": 4}
+                  for name, path in list_esrgan(state.config.esrgan_dir).items())]
 
     @api.get("/latent-upscale-modes")
     def latent_upscale_modes() -> Any:

@@ -174,6 +174,8 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
     settings.check()
     generator = state.model.generator
     resolve_sampler(settings.sampler_name, settings.scheduler)  # names, early
+    if settings.enable_hr:
+        generator.check_upscaler(settings.hr_upscaler)
     if settings.enable_hr and (settings.hr_sampler_name or settings.hr_scheduler):
         resolve_sampler(settings.hr_sampler_name or settings.sampler_name, settings.hr_scheduler or "Automatic")
     parse_batch([settings.prompt], generator.available(), sd_hypernetwork=settings.sd_hypernetwork)  # names, early

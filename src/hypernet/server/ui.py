@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 from hypernet.engine.attention import attention_widths  # noqa: E402
 from hypernet.engine.hires import UPSCALERS  # noqa: E402
 from hypernet.engine.infotext import parse_infotext, read_infotext  # noqa: E402
+from hypernet.engine.upscalers import list_esrgan  # noqa: E402
 from hypernet.engine.paste import settings_from_infotext  # noqa: E402
 from hypernet.errors import HypernetError  # noqa: E402
 from hypernet.sampling import resolve_sampler  # noqa: E402
@@ -196,7 +197,8 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                 with gr.Accordion("Hires. fix", open=False):
                                     c["enable_hr"] = gr.Checkbox(label="Hires. fix", elem_id="txt2img_enable_hr")
                                     with gr.Row():
-                                        c["hr_upscaler"] = gr.Dropdown(list(UPSCALERS), value="Latent", label="Upscaler",
+                                        c["hr_upscaler"] = gr.Dropdown([*UPSCALERS, *list_esrgan(state.config.esrgan_dir)],
+                                                                       value="Latent", label="Upscaler",
                                                                        elem_id="txt2img_hr_upscaler")
                                         c["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
                                                                               elem_id="txt2img_hires_steps")
