@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,11 +12,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hypernet.defaults import DEFAULT_WIDTHS, TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
-from hypernet.fileio import short_hash
-from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
-from hypernet.network.hypernetwork import parse_numbers
+from hypernet.network import Hypernetwork, describe_file, list_hypernetworks, load_hypernetwork, parse_numbers, sanitize_name
 from hypernet.network.module import WEIGHT_INITS
 from hypernet.prepare.command import preprocess
 from hypernet.server.command import serve
@@ -34,7 +33,7 @@ app.command()(preprocess)
 app.command()(train)
 app.command()(serve)
 
-DEFAULT_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
+DEFAULT_HN_DIR = default_hypernetwork_dir()
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
 
 
@@ -50,19 +49,11 @@ def _widths(text: str) -> list[int]:
         raise HypernetError(f"--sizes {text!r} must be comma-separated integers, e.g. 768,320,640,1280") from None
 
 
-def sanitize_name(name: str) -> str:
-    """A1111 keeps only letters, digits and ``._- `` in a new network's name."""
-    clean = "".join(c for c in name if c.isalnum() or c in "._- ").strip()
-    if not clean:
-        raise HypernetError(f"hypernetwork name {name!r} has no usable characters (letters, digits, '._- ')")
-    return clean
-
-
 @app.command()
 def create(
     name: str,
     dir: HnDir = DEFAULT_HN_DIR,
-    sizes: Annotated[str, typer.Option(help="Context widths to give modules to.")] = "768,320,640,1280",
+    sizes: Annotated[str, typer.Option(help="Context widths to give modules to.")] = ",".join(map(str, DEFAULT_WIDTHS)),
     layers: Annotated[str, typer.Option(help="Layer structure, e.g. \"1, 2, 1\".")] = "1, 2, 1",
     activation: Annotated[str, typer.Option(help="linear, relu, swish (= Hardswish), or any torch.nn activation name.")] = "linear",
     init: Annotated[str, typer.Option(help=f"Weight initialization: {', '.join(WEIGHT_INITS)}.")] = "Normal",
@@ -93,30 +84,6 @@ def create(
     )
     net.save(path)
     Console().print(f"Created {path} ({net.num_parameters():,} parameters)")
-
-
-def describe_file(path: Path) -> dict[str, object]:
-    """What ``inspect`` shows, as plain data (also used by the HTTP API and UI)."""
-    net = load_hypernetwork(path)
-    a = net.arch
-    return {
-        "name": net.name,
-        "file": str(path),
-        "format": "safetensors (hypernet)" if path.suffix.lower() == ".safetensors" else "pt (A1111)",
-        "widths": net.widths,
-        "layer_structure": a.layer_structure,
-        "activation": a.activation_func,
-        "activate_output": a.activate_output,
-        "layer_norm": a.add_layer_norm,
-        "dropout_structure": a.dropout_structure,
-        "weight_init": a.weight_init,
-        "parameters": net.num_parameters(),
-        "step": net.step,
-        "sd_checkpoint": net.sd_checkpoint,
-        "sd_checkpoint_name": net.sd_checkpoint_name,
-        "sha256": short_hash(path),
-        "optimizer_state": net.optimizer_name if net.optimizer_state_dict is not None else None,
-    }
 
 
 @app.command()
@@ -219,11 +186,9 @@ def generate(
     from PIL import Image, UnidentifiedImageError
     from rich.progress import Progress
 
-    from hypernet.engine.checkpoints import load_pipeline
-    from hypernet.engine.generate import Generator, Settings, apply_memory_options
+    from hypernet.engine.generate import Generator, Settings
+    from hypernet.engine.loading import open_model
     from hypernet.engine.infotext import save_image
-
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
 
     console = Console()
     sampler_params: dict = {}
@@ -240,13 +205,10 @@ def generate(
          hr_scheduler, hr_prompt, hr_negative) = (chosen[k] for k in PASTED_OPTIONS)
         console.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
     if model is None:
-        console.print(f"[dim]{DEFAULT_NOTE}[/dim]")
-        model, size = str(CHECKPOINT), size or f"{SIZE}x{SIZE}"
+        console.print(f"[dim]{TOY_NOTE}[/dim]")
+        model, size = str(TOY_CHECKPOINT), size or f"{TOY_SIZE}x{TOY_SIZE}"
     size = size or "512x512"
     jobs = _prompt_jobs(prompt, prompts)
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in dtypes:
-        raise HypernetError(f"--precision {precision!r} must be one of fp32, fp16, bf16")
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
@@ -266,10 +228,8 @@ def generate(
             raise HypernetError(f"{init_image}: not a readable image") from None
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several (accelerate launch)
     with console.status(f"loading {model}"):
-        pipe, info = load_pipeline(model, vae=vae, dtype=dtypes[precision])
-    if not (medvram or lowvram):
-        pipe.to(state.device)
-    apply_memory_options(pipe, medvram=medvram, lowvram=lowvram, vae_tiling=vae_tiling)
+        pipe, info = open_model(model, vae=vae, precision=precision, device=state.device, medvram=medvram,
+                                lowvram=lowvram, vae_tiling=vae_tiling)
     generator = Generator(pipe, info, hypernetwork_dir, esrgan_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_job = batch_size * batch_count

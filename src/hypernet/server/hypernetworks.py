@@ -15,28 +15,23 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from hypernet.defaults import DEFAULT_WIDTHS
 from hypernet.errors import HypernetError
+from hypernet.network import Hypernetwork, parse_numbers, sanitize_name
 from hypernet.server.jobs import Job, wait_for_job
 from hypernet.server.security import ApiError, check_plain_name, confine
 from hypernet.server.state import OPTION_DEFAULTS, ServerState
 
 log = logging.getLogger("hypernet.server")
 
-DEFAULT_SIZES = (768, 320, 640, 1280)
-
-
 def create_hypernetwork(state: ServerState, body: dict[str, Any]) -> Path:
     """A1111's "Create hypernetwork" with its keyword arguments; returns the written ``.pt`` file."""
-    from hypernet.cli import sanitize_name
-    from hypernet.network import Hypernetwork
-    from hypernet.network.hypernetwork import parse_numbers
-
     name = check_plain_name(str(body.get("name") or ""), "name")
     clean = sanitize_name(name)
     if not clean.strip("."):
         raise ApiError(403, f"name {name!r} must be a plain name, not a path.")
     try:
-        sizes = [int(s) for s in body.get("enable_sizes") or DEFAULT_SIZES]
+        sizes = [int(s) for s in body.get("enable_sizes") or DEFAULT_WIDTHS]
     except (TypeError, ValueError):
         raise HypernetError(f"enable_sizes {body.get('enable_sizes')!r} must be integers, e.g. [768, 320, 640, 1280].") from None
     layers = parse_numbers(body.get("layer_structure") or "1, 2, 1", "layer_structure")
@@ -138,7 +133,6 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
 
     def run(job: Job) -> Any:
         generator = state.model.generator
-        generator.stack.set([])
         losses: list[tuple[int, float]] = []
         live: dict[str, Any] = {"name": config.name, "phase": "preparing", "step": 0, "final_step": config.steps,
                                 "start_step": 0, "loss": None, "loss_avg": None, "learn_rate": None, "message": ""}
@@ -168,7 +162,6 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
             record["error"] = str(e)
             raise
         finally:
-            generator.stack.set([])
             record["preview_png"] = job.preview_png
         record["result"] = result
         return result

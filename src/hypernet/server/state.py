@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hypernet.defaults import A1111_HYPERNETWORK_DIR, TOY_CHECKPOINT, TOY_NOTE
 from hypernet.errors import HypernetError
 from hypernet.server.jobs import JobQueue
 
@@ -98,7 +99,7 @@ class ServerConfig:
 
     ckpt: Path | None = None
     models_dir: Path = Path("models/Stable-diffusion")
-    hypernetwork_dir: Path = Path("models/hypernetworks")
+    hypernetwork_dir: Path = A1111_HYPERNETWORK_DIR
     esrgan_dir: Path = Path("models/ESRGAN")
     data_dir: Path = Path("training_data")
     log_dir: Path = Path("textual_inversion")
@@ -201,10 +202,8 @@ class ServerState:
         elif found:
             chosen = found[0]
         else:  # nothing of the user's: the embedded toy model, so a fresh install serves something real
-            from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE
-
-            log.warning("%s; pass --ckpt FILE or put checkpoints in %s", DEFAULT_NOTE, config.models_dir)
-            chosen = Checkpoint(CHECKPOINT, CHECKPOINT.name)
+            log.warning("%s; pass --ckpt FILE or put checkpoints in %s", TOY_NOTE, config.models_dir)
+            chosen = Checkpoint(TOY_CHECKPOINT, TOY_CHECKPOINT.name)
         return cls(config, load_model(chosen, config))
 
     # ------------------------------------------------------------------ checkpoints
@@ -325,27 +324,13 @@ def scan_checkpoints(config: ServerConfig) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.name.lower())
 
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
 def load_model(checkpoint: Checkpoint, config: ServerConfig) -> LoadedModel:
     """Load a checkpoint onto the configured device, as ``hypernet generate`` does (same memory options)."""
-    import torch
+    from hypernet.engine.generate import Generator
+    from hypernet.engine.loading import open_model
 
-    from hypernet.engine.checkpoints import load_pipeline
-    from hypernet.engine.generate import Generator, apply_memory_options
-
-    if config.precision not in PRECISIONS:
-        raise HypernetError(f"--precision {config.precision!r} must be one of {', '.join(PRECISIONS)}.")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.precision]
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    log.info("loading %s (%s, %s)", checkpoint.path, device, config.precision)
-    pipe, info = load_pipeline(checkpoint.path, dtype=dtype)
-    if not (config.medvram or config.lowvram):
-        try:
-            pipe.to(device)
-        except (RuntimeError, AssertionError) as e:
-            raise HypernetError(f"--device {device}: the model cannot be moved there ({e}).") from None
-    apply_memory_options(pipe, medvram=config.medvram, lowvram=config.lowvram)
+    log.info("loading %s (%s, %s)", checkpoint.path, config.device or "default device", config.precision)
+    pipe, info = open_model(checkpoint.path, precision=config.precision, device=config.device,
+                            medvram=config.medvram, lowvram=config.lowvram)
     named = Checkpoint(checkpoint.path, checkpoint.name, info.short_hash)
     return LoadedModel(named, Generator(pipe, info, config.hypernetwork_dir, config.esrgan_dir))

@@ -26,6 +26,7 @@ from hypernet.engine.infotext import parse_infotext, read_infotext  # noqa: E402
 from hypernet.engine.upscalers import list_esrgan  # noqa: E402
 from hypernet.engine.paste import settings_from_infotext  # noqa: E402
 from hypernet.errors import HypernetError  # noqa: E402
+from hypernet.network import describe_file  # noqa: E402
 from hypernet.sampling import resolve_sampler  # noqa: E402
 from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: E402
 from hypernet.server.hypernetworks import create_hypernetwork  # noqa: E402
@@ -85,8 +86,6 @@ def build_ui(state: ServerState) -> gr.Blocks:
     described: dict[str, tuple[float, dict[str, Any]]] = {}  # path -> (mtime, describe_file) cache
 
     def describe(path: Path) -> dict[str, Any]:
-        from hypernet.cli import describe_file
-
         mtime = path.stat().st_mtime
         hit = described.get(str(path))
         if hit is None or hit[0] != mtime:
