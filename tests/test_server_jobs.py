@@ -222,7 +222,7 @@ def test_training_over_http_sync_and_async(server, url) -> None:
         assert not waiting.done(), "a generation ran while the model was training"
         assert requests.post(f"{url}/interrupt", timeout=10).json() == {}
         assert waiting.result().status_code == 200
-    result = state.last_training["result"]
+    result = state.last_training.result
     assert result.stopped == "interrupted" and result.step >= 4
     assert load_hypernetwork(path).step == result.step, "interrupt saves the network"
     ended = progress(url)["training"]  # an async client learns how the run ended

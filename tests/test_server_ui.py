@@ -183,7 +183,7 @@ def test_training_shows_a_live_loss_chart_and_preview(page, server) -> None:
     shot(page, "4-training-live")
     page.click("#train_interrupt")
     page.wait_for_function("document.querySelector('#train_status').innerText.includes('interrupted')")
-    result = state.last_training["result"]
+    result = state.last_training.result
     assert result.stopped == "interrupted" and result.step >= first_step + 2
     shot(page, "5-training-interrupted")
 

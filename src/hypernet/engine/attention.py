@@ -201,7 +201,8 @@ class HypernetworkStack:
             return False
         base = (linear.weight._version, linear.weight, linear.bias)
         fold = self._folds.get(linear)
-        if fold is None or fold.signature != self._signature or fold.base[0] != base[0] or fold.base[1] is not base[1]:
+        stale = fold is None or fold.signature != self._signature or fold.base[0] != base[0] or fold.base[1] is not base[1]
+        if stale or fold.weight.device != linear.weight.device or fold.weight.dtype != linear.weight.dtype:
             width = linear.in_features
             if not self._worth_folding(linear, context):
                 self._declined.add(linear)

@@ -20,7 +20,7 @@ from hypernet.errors import HypernetError
 from hypernet.network import Hypernetwork, parse_numbers, sanitize_name
 from hypernet.server.jobs import Job, wait_for_job
 from hypernet.server.security import ApiError, check_plain_name, confine
-from hypernet.server.state import OPTION_DEFAULTS, ServerState
+from hypernet.server.state import OPTION_DEFAULTS, ServerState, TrainingRecord
 
 log = logging.getLogger("hypernet.server")
 
@@ -153,33 +153,32 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
                 shown_preview[0] = p.last_preview
                 job.preview_png = Path(p.last_preview).read_bytes()
 
-        record: dict[str, Any] = {"name": config.name, "losses": losses, "live": live, "result": None, "error": None}
-        state.last_training = record
+        record = state.last_training = TrainingRecord(config.name, live, losses)
         try:
             result = train_hypernetwork(config, pipe=generator.pipe, info=generator.info, progress=progress,
                                         should_stop=lambda: job.interrupted)
         except Exception as e:
-            record["error"] = str(e)
+            record.error = str(e)
             raise
         finally:
-            record["preview_png"] = job.preview_png
-        record["result"] = result
+            record.preview_png = job.preview_png
+        record.result = result
         return result
 
     return run
 
 
-def training_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+def training_summary(record: TrainingRecord | None) -> dict[str, Any] | None:
     """The last run's outcome for ``/progress`` once it is over, so that ``?async=true`` clients learn how it ended."""
-    if record is None or (record["result"] is None and record["error"] is None):
+    if record is None or (record.result is None and record.error is None):
         return None
-    summary = dict(record["live"])
-    result = record["result"]
+    summary = dict(record.live)
+    result = record.result
     if result is not None:
         summary |= {"phase": "done", "step": result.step, "stopped": result.stopped, "message": result.message,
                     "filename": result.filename, "log_directory": result.log_directory}
     else:
-        summary |= {"phase": "failed", "stopped": "error", "message": record["error"]}
+        summary |= {"phase": "failed", "stopped": "error", "message": record.error}
     return summary
 
 

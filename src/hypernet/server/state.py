@@ -81,6 +81,18 @@ OPTION_DEFAULTS: Mapping[str, Any] = {
 READ_ONLY_OPTIONS = frozenset({"sd_checkpoint_hash", "api_enable_requests", "api_forbid_local_requests"})
 
 
+@dataclass
+class TrainingRecord:
+    """The server's last training run, as the training job leaves it for ``/progress`` and the web UI's chart."""
+
+    name: str
+    live: dict[str, Any]  # the latest progress, in the shape ``/progress`` reports under "training"
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    result: Any = None  # the TrainResult once the run has ended
+    error: str | None = None  # why it failed, if it raised
+    preview_png: bytes | None = None  # the last preview, kept once the job is gone
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds on one request, so that a single call cannot exhaust memory or hold the model for hours."""
@@ -189,7 +201,7 @@ class ServerState:
         self.jobs = JobQueue()
         self._options: dict[str, Any] = dict(OPTION_DEFAULTS) | training_defaults()
         self._options_lock = threading.Lock()
-        self.last_training: dict[str, Any] | None = None  # the UI shows the finished run's losses
+        self.last_training: TrainingRecord | None = None  # the UI shows the finished run's losses
         self.checkpoints = self.scan_checkpoints()
 
     @classmethod

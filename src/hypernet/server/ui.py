@@ -484,17 +484,16 @@ class TrainingTabs:
             record = state.last_training
             if record is None:
                 return gr.skip(), gr.skip(), gr.skip(), shown
-            live, losses = record["live"], record["losses"]
-            result = record.get("result")
+            live, losses, result = record.live, record.losses, record.result
             if result is not None:
                 text = result.message
-            elif record.get("error"):
-                text = f"Training failed: {record['error']}"
+            elif record.error:
+                text = f"Training failed: {record.error}"
             else:
                 loss = f", loss {live['loss_avg']:.6f}" if live.get("loss_avg") is not None else ""
                 text = live.get("message") or f"Training {live['name']}: step {live['step']}/{live['final_step']}{loss}"
             job = state.jobs.current
-            png = job.preview_png if job is not None and job.name == "train-hypernetwork" else record.get("preview_png")
+            png = job.preview_png if job is not None and job.name == "train-hypernetwork" else record.preview_png
             count = len(losses)
             chart_value = gr.skip()
             if count != shown[0]:
