@@ -37,6 +37,7 @@ CSS = """
 #hn_cards .caption-label { white-space: normal; }
 .hn-note { font-size: 0.9em; opacity: 0.8; }
 """
+SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"  # A1111's hires "same as first pass"
 PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".jpeg", ".webp")
 ACTIVATIONS = ["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "celu", "gelu", "glu", "hardshrink",
                "hardsigmoid", "hardtanh", "hardswish", "logsigmoid", "mish", "prelu", "relu6", "rrelu", "selu",
@@ -193,7 +194,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                 c["subseed_strength"] = gr.Slider(0.0, 1.0, value=0.0, step=0.01,
                                                                   label="Variation strength", elem_id=f"{kind}_subseed_strength")
                             if kind == "txt2img":
-                                with gr.Accordion("Hires. fix", open=False):
+                                with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
                                     c["enable_hr"] = gr.Checkbox(label="Hires. fix", elem_id="txt2img_enable_hr")
                                     with gr.Row():
                                         c["hr_upscaler"] = gr.Dropdown([*UPSCALERS, *list_esrgan(state.config.esrgan_dir)],
@@ -207,6 +208,19 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                                                             elem_id="txt2img_denoising_strength")
                                         c["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
                                                                   elem_id="txt2img_hr_scale")
+                                    with gr.Row():  # A1111's choices; "Use same ..." is the first pass's
+                                        c["hr_sampler_name"] = gr.Dropdown([SAME_SAMPLER, *samplers], value=SAME_SAMPLER,
+                                                                           label="Hires sampling method",
+                                                                           elem_id="hr_sampler")
+                                        c["hr_scheduler"] = gr.Dropdown([SAME_SCHEDULER, *schedules],
+                                                                        value=SAME_SCHEDULER, label="Hires schedule type",
+                                                                        elem_id="hr_scheduler")
+                                    c["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+                                                                placeholder="Leave empty to use the same prompt.")
+                                    c["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2,
+                                                                         elem_id="hires_neg_prompt",
+                                                                         placeholder="Leave empty to use the same "
+                                                                                     "negative prompt.")
                         with gr.Column():
                             c["gallery"] = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{kind}_gallery",
                                                       height=420)
@@ -262,13 +276,17 @@ def build_ui(state: ServerState) -> gr.Blocks:
             names = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height",
                      "batch_size", "n_iter", "cfg_scale", "seed", "subseed", "subseed_strength"] + (
                 ["init_image", "denoising_strength"] if kind == "img2img" else
-                ["enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale"])
+                ["enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_sampler_name",
+                 "hr_scheduler", "hr_prompt", "hr_negative_prompt"])
 
             def on_generate(*values: Any, kind: str = kind, names: list[str] = names) -> Iterator[tuple[Any, str, str]]:
                 fields = dict(zip(names, values))
                 for key in ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed", "hr_second_pass_steps"):
                     if key in fields:
                         fields[key] = int(fields[key] if fields[key] is not None else -1)
+                for key, same in (("hr_sampler_name", SAME_SAMPLER), ("hr_scheduler", SAME_SCHEDULER)):
+                    if fields.get(key) == same:
+                        fields[key] = None
                 init = fields.pop("init_image", None)
                 if kind == "img2img":
                     if init is None:
