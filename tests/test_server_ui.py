@@ -216,10 +216,12 @@ def test_hires_fix_with_its_own_sampler_and_prompts(page) -> None:
     for elem_id, value in (("txt2img_steps", "2"), ("txt2img_width", "64"), ("txt2img_height", "64")):
         set_number(page, elem_id, value)
     set_number(page, "txt2img_hires_steps", "1")
+    page.locator("#txt2img_sampler input").click()  # an earlier test may have pasted another first-pass sampler
+    page.locator("#txt2img_sampler").get_by_role("option", name="DPM++ 2M", exact=True).click()
     page.locator("#hr_sampler input").click()
-    page.get_by_role("option", name="Euler", exact=True).click()
+    page.locator("#hr_sampler").get_by_role("option", name="Euler", exact=True).click()
     page.locator("#hr_scheduler input").click()
-    page.get_by_role("option", name="Exponential", exact=True).click()
+    page.locator("#hr_scheduler").get_by_role("option", name="Exponential", exact=True).click()
     page.fill("#hires_prompt textarea", "a tall tower")
     page.fill("#hires_neg_prompt textarea", "fog")
     page.fill("#txt2img_seed input", "5")
