@@ -12,10 +12,11 @@ import torch
 from diffusers import StableDiffusionPipeline
 from diffusers.utils import convert_unet_state_dict_to_peft
 
+from hypernet.cli import main
 from hypernet.engine.checkpoints import ModelInfo, load_pipeline
 from hypernet.engine.generate import Generator, Hooks, Settings
 from hypernet.errors import HypernetError
-from hypernet.export import bake, export_lora, parse_network_spec, resolve_networks
+from hypernet.export import FitOptions, bake, export_lora, parse_network_spec, resolve_networks
 from hypernet.export.deltas import Factor, LayerDelta, attention_layers
 from hypernet.export.lora import ExportedLayer, LoraPlan, kohya_state_dict
 from hypernet.network import Hypernetwork
@@ -192,8 +193,6 @@ def test_rank_error_falls_with_rank(hn_dir, tmp_path) -> None:
 
 
 def test_non_linear_export_is_fitted_and_reported(hn_dir, tmp_path) -> None:
-    from hypernet.export import FitOptions
-
     generator = Generator(tiny_pipeline("sd1"), INFO)
     entries = resolve_networks(["swishy"], hn_dir)
     options = FitOptions(prompts=["a cat", "a red house", "a dog on grass"], steps=4, width=64, height=64)
@@ -280,13 +279,11 @@ def test_bad_input(hn_dir, tmp_path) -> None:
     other = save_single_file(tiny_pipeline("sd2"), tmp_path / "sd2.safetensors", "sd2")
     with pytest.raises(HypernetError, match="does not match the loaded model"):
         bake(generator, other, entries, tmp_path / "c.safetensors")
-    assert not list(tmp_path.glob("*.safetensors")) == []  # only the sd2 checkpoint we wrote
+    assert [p.name for p in tmp_path.glob("*.safetensors")] == ["sd2.safetensors"]  # nothing half-written
     assert not (tmp_path / "c.safetensors").exists()
 
 
 def test_cli_export_lora_and_bake(hn_dir, tmp_path, capsys, monkeypatch) -> None:
-    from hypernet.cli import main
-
     ckpt = save_single_file(tiny_pipeline("sd1"), tmp_path / "tiny.safetensors", "sd1")
     monkeypatch.chdir(tmp_path)  # default outputs: models/Lora and models/Stable-diffusion
     main(["export-lora", "lin:0.8", "--model", str(ckpt), "--dir", str(hn_dir), "--check", "0", "--rank", "4"])

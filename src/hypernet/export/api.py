@@ -54,18 +54,19 @@ def parse_network_spec(spec: str, default_multiplier: float = 1.0) -> tuple[str,
 
 
 def resolve_networks(specs: Sequence[str], hypernetwork_dir: str | os.PathLike[str],
-                     default_multiplier: float = 1.0) -> list[tuple[Hypernetwork, float]]:
-    """Load each ``NAME[:M]`` from ``hypernetwork_dir`` (A1111's names) or from a file path."""
+                     default_multiplier: float = 1.0, *, allow_paths: bool = True) -> list[tuple[Hypernetwork, float]]:
+    """Load each ``NAME[:M]`` from ``hypernetwork_dir`` (A1111's names) or, with ``allow_paths``, a file path."""
     if not specs:
         raise HypernetError("name at least one hypernetwork to export, e.g. style or style:0.8")
     available = list_hypernetworks(hypernetwork_dir) if Path(hypernetwork_dir).is_dir() else {}
     out = []
     for spec in specs:
         name, multiplier = parse_network_spec(spec, default_multiplier)
-        path = available.get(name) or (Path(name) if Path(name).is_file() else None)
+        path = available.get(name) or (Path(name) if allow_paths and Path(name).is_file() else None)
         if path is None:
             known = ", ".join(sorted(available)[:10]) or "none"
-            raise HypernetError(f"hypernetwork {name!r} is not in {hypernetwork_dir} (found: {known}) nor a file path.")
+            alternative = " and is not a file path" if allow_paths else ""
+            raise HypernetError(f"hypernetwork {name!r} is not in {hypernetwork_dir} (found: {known}){alternative}.")
         out.append((load_hypernetwork(path), multiplier))
     return out
 
@@ -220,6 +221,10 @@ def bake(
         raise HypernetError(f"{out}: a baked checkpoint is written as .safetensors; name the output *.safetensors.")
     if not checkpoint.is_file():
         raise HypernetError(f"{checkpoint}: bake needs a single-file checkpoint (.safetensors or .ckpt).")
+    loaded = generator.info.path
+    if loaded and Path(loaded).is_file() and Path(loaded).resolve() != checkpoint.resolve():
+        raise HypernetError(f"bake {checkpoint} with that checkpoint loaded (the deltas use its weights); "
+                            f"the loaded model is {loaded}.")
     state = read_state_dict(checkpoint)
     detect_family(state, checkpoint)
     size = size or native_size(generator)

@@ -148,16 +148,3 @@ def factorize(delta: torch.Tensor, rank: int | None) -> Factor:
     error = math.sqrt(float(s[rank:].square().sum()) / total) if total > 0 else 0.0
     return Factor(up=u[:, :rank] * root, down=root[:, None] * vh[:rank], rank=rank, error=error)
 
-
-@torch.no_grad()
-def merge_into(unet: torch.nn.Module, layers: Sequence[LayerDelta], *, sign: float = 1.0) -> None:
-    """Add (or with ``sign=-1`` remove) the deltas into ``unet``'s weights in place: the LoRA applied at weight 1."""
-    modules = dict(unet.named_modules())
-    for layer in layers:
-        attn = modules[layer.module]
-        for linear, delta in ((attn.to_k, layer.key), (attn.to_v, layer.value)):
-            linear.weight += (sign * delta).to(linear.weight.device, linear.weight.dtype)
-        out = attn.to_out[0]
-        if out.bias is None:
-            raise HypernetError(f"{layer.module}.to_out.0 has no bias to take the value bias.")
-        out.bias += (sign * layer.out_bias).to(out.bias.device, out.bias.dtype)

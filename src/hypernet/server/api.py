@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hypernet.engine.infotext import parse_infotext, read_infotext
 from hypernet.errors import HypernetError
-from hypernet.server import hypernetworks
+from hypernet.server import export, hypernetworks
 from hypernet.server.generation import plan_request, respond, run_plan
 from hypernet.server.jobs import ClientGone, JobCancelled, wait_for_job
 from hypernet.server.models import M
@@ -83,6 +83,7 @@ def build_router(state: ServerState) -> APIRouter:
         return None
 
     hypernetworks.add_routes(api, state)
+    export.add_routes(api, state)
 
     # ------------------------------------------------------------------ settings and control
     @api.get("/options")

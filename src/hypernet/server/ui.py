@@ -28,6 +28,7 @@ from hypernet.engine.paste import settings_from_infotext  # noqa: E402
 from hypernet.errors import HypernetError  # noqa: E402
 from hypernet.network import describe_file  # noqa: E402
 from hypernet.sampling import resolve_sampler  # noqa: E402
+from hypernet.server.export_ui import export_panel  # noqa: E402
 from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: E402
 from hypernet.server.hypernetworks import create_hypernetwork  # noqa: E402
 from hypernet.server.models import M  # noqa: E402
@@ -239,6 +240,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
                 gallery = gr.Gallery(label="Hypernetworks", columns=6, fit_columns=False, allow_preview=False,
                                      elem_id="hn_cards", height="auto", object_fit="contain")
                 table = gr.Markdown(elem_id="hn_table")
+                export_panel(state)
 
             # ---------------------------------------------------------------- Train
             with gr.Tab("Train", id="train"):
