@@ -26,7 +26,7 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 LOADER_NOTES = {
     "kohya": (
-        "kohya names: A1111's Lora extension (v1.8+) and ComfyUI read every key, the value bias as a full module "
+        "kohya names: A1111's Lora extension (v1.10) and ComfyUI read every key, the value bias as a full module "
         "(zero diff + diff_b) on to_out.0; diffusers' load_lora_weights refuses kohya files with diff/diff_b keys, "
         "so for diffusers use --format diffusers (or --no-bias, which drops the value bias)."
     ),

@@ -4,7 +4,7 @@ What each loader reads (their sources, checked):
 
 - A1111's Lora extension (v1.10): ``lora_up``/``lora_down``/``alpha`` and "full" modules (``diff``, optional
   ``diff_b``). The to_out.0 bias is written as a full module, a zero ``diff`` plus ``diff_b``, which it adds scaled
-  by the LoRA weight. A1111 before v1.8 ignored ``diff_b``: there the value bias is lost.
+  by the LoRA weight. Older A1111 releases, whose "full" module reads only ``diff``, lose the value bias.
 - ComfyUI's LoRA loader: the same keys (``diff_b`` becomes a patch of the layer's bias), scaled by the strength.
 - diffusers' ``load_lora_weights`` converts kohya files only when every key is a ``lora_down``/``lora_up``/``alpha``
   one; a file with ``diff``/``diff_b`` keys is refused whole. So kohya files made with ``include_bias=False`` (no
