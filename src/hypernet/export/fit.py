@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.models.attention_processor import Attention
 
-from hypernet.engine.attention import HypernetworkAttnProcessor, HypernetworkStack, install_hypernetworks
+from hypernet.engine.attention import HypernetworkStack
 from hypernet.engine.generate import Generator, Settings
 from hypernet.export.deltas import AffineMap, Entries, LayerDelta, attention_layers, layer_delta
 from hypernet.network import apply_stack
@@ -60,20 +60,22 @@ class _Moments:
     ete: list[float] = field(default_factory=lambda: [0.0, 0.0])
 
 
-class CapturingProcessor(HypernetworkAttnProcessor):
-    """The ordinary hypernetwork processor that also accumulates each layer's (context, network effect) moments."""
+class ContextRecorder:
+    """A forward pre-hook on each layer's ``to_k`` that sees the raw context (before the stack's own hook rewrites
+    it) and accumulates that layer's (context, network effect) moments."""
 
     def __init__(self, stack: HypernetworkStack, tokens_per_call: int, seed: int = 0) -> None:
-        super().__init__(stack)
+        self.stack = stack
         self.tokens_per_call = tokens_per_call
         self.moments: dict[int, _Moments] = {}
         self.rng = torch.Generator().manual_seed(seed)
 
-    def _key_value(self, attn: Attention, context: torch.Tensor, is_cross: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        active = self.stack.active(context.shape[-1])
-        if active:
-            self._record(attn, context, active)
-        return super()._key_value(attn, context, is_cross)
+    def hook(self, attn: Attention) -> Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]:
+        def record(linear: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            active = self.stack.active(args[0].shape[-1])
+            if active:
+                self._record(attn, args[0], active)
+        return record
 
     @torch.no_grad()
     def _record(self, attn: Attention, context: torch.Tensor, active: Entries) -> None:
@@ -114,10 +116,10 @@ def fitted_deltas(generator: Generator, entries: Entries, options: FitOptions,
     """Sample ``options.prompts`` with ``entries`` applied, fit each attention layer's affine map, and return the
     deltas that map makes (with the fit's relative residual per branch in ``fit_error``)."""
     unet = generator.pipe.unet
-    capture = CapturingProcessor(generator.stack, options.tokens_per_call)
+    recorder = ContextRecorder(generator.stack, options.tokens_per_call)
     layers = attention_layers(unet)
-    for _, attn in layers:
-        attn.set_processor(capture)
+    # prepended, so each hook sees the raw context before the stack's own hook rewrites it
+    handles = [attn.to_k.register_forward_pre_hook(recorder.hook(attn), prepend=True) for _, attn in layers]
     total = len(options.prompts) * options.seeds
     try:
         for i, prompt in enumerate(options.prompts):
@@ -128,10 +130,11 @@ def fitted_deltas(generator: Generator, entries: Entries, options: FitOptions,
                 if progress:
                     progress(i * options.seeds + s + 1, total)
     finally:
-        install_hypernetworks(unet, generator.stack)  # the generator's own processors back
+        for handle in handles:
+            handle.remove()
     out = []
     for name, attn in layers:
-        m = capture.moments.get(id(attn))
+        m = recorder.moments.get(id(attn))
         if m is None:
             continue
         (tk, tv), errors = _solve(m, options.ridge)
