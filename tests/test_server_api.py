@@ -51,7 +51,7 @@ def test_client_lists_hypernetworks_models_samplers(api, server) -> None:
     assert api.util_get_current_model() == models[0]["title"]
     assert {"Euler a", "Euler", "DDIM", "PLMS", "UniPC", "DPM++ 2M"} <= set(api.util_get_sampler_names())
     assert "karras" in api.util_get_scheduler_names()
-    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.get_scripts() == {"txt2img": ["x/y/z plot"], "img2img": []}
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
     for empty in (api.get_loras, api.get_face_restorers, api.get_prompt_styles, api.get_sd_vae,
                   api.get_realesrgan_models):

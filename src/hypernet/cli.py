@@ -17,6 +17,7 @@ from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
 from hypernet.export.command import bake, export_lora
+from hypernet.grid.command import grid
 from hypernet.network import Hypernetwork, describe_file, list_hypernetworks, load_hypernetwork, parse_numbers, sanitize_name
 from hypernet.network.module import WEIGHT_INITS
 from hypernet.prepare.command import preprocess
@@ -35,6 +36,7 @@ app.command()(train)
 app.command()(serve)
 app.command("export-lora")(export_lora)
 app.command()(bake)
+app.command()(grid)
 
 DEFAULT_HN_DIR = default_hypernetwork_dir()
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]

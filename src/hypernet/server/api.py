@@ -163,7 +163,8 @@ def build_router(state: ServerState) -> APIRouter:
     # ------------------------------------------------------------------ honest lists of what we do not have
     @api.get("/scripts", response_model=M.ScriptsList)
     def scripts() -> Any:
-        return {"txt2img": [], "img2img": []}
+        """A1111's built-in X/Y/Z plot (``script_name: "x/y/z plot"``) on txt2img; no other scripts."""
+        return {"txt2img": ["x/y/z plot"], "img2img": []}
 
     @api.get("/script-info")
     def script_info() -> list[Any]:
