@@ -14,8 +14,6 @@ import requests
 from PIL import Image
 
 from hypernet.cli import main
-from hypernet.engine.attention import attention_widths
-from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator, Settings
 from hypernet.engine.infotext import parse_infotext, read_infotext
 from hypernet.errors import HypernetError
@@ -27,8 +25,6 @@ from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.state import ServerConfig
 from hypernet.toy.model import CHECKPOINT
-from hypernet.toy.style import TEMPLATES, write_style_dataset
-from hypernet.train import TrainConfig, train_hypernetwork
 
 PROMPT = "a red circle on a white background, top left"
 CELL = dict(steps=4, sampler_name="Euler a", cfg_scale=5.0, width=64, height=64)
@@ -138,52 +134,24 @@ def test_grid_infotext_keys_go_before_version() -> None:
 
 
 # ------------------------------------------------------------------------------------------ on the toy model
-@pytest.fixture(scope="module")
-def toy():
-    return load_pipeline(CHECKPOINT)
+# ------------------------------------------------------------------------------------------ on the toy model
 
 
-@pytest.fixture(scope="module")
-def run_dir(toy, tmp_path_factory) -> Path:
-    """A real training run of the toy model that saved a snapshot at steps 1, 2 and 3."""
-    pipe, info = toy
-    root = tmp_path_factory.mktemp("run")
-    widths = sorted({*info.text_widths, *attention_widths(pipe.unet)})
-    Hypernetwork.create("style", widths, layer_structure=[1, 2, 1], activation_func="swish",
-                        weight_init="XavierNormal", seed=0).save(root / "hypernetworks" / "style.pt")
-    config = TrainConfig(
-        hypernetwork_name="style", learn_rate="2e-2", batch_size=2, data_root=str(write_style_dataset(root / "data", 4)),
-        log_directory=str(root / "logs"), training_width=64, training_height=64, steps=3,
-        latent_sampling_method="deterministic", create_image_every=0, save_hypernetwork_every=1,
-        template_filename="toy_filewords.txt", templates_dir=str(TEMPLATES),
-        hypernetwork_dir=str(root / "hypernetworks"), seed=0, device="cpu")
-    result = train_hypernetwork(config, pipe=pipe, info=info)
-    return Path(result.log_directory)
-
-
-def single(generator: Generator, infotext: str) -> np.ndarray:
-    """The image one plain generation gives for the settings an infotext records."""
-    p = parse_infotext(infotext)
-    settings = Settings(p["Prompt"], p["Negative prompt"], p["Sampler"], p["Schedule type"], int(p["Steps"]),
-                        float(p["CFG scale"]), int(p["Seed"]), int(p["Size-1"]), int(p["Size-2"]))
-    return np.asarray(generator.generate(settings).images[0])
-
-
-def test_cli_grid_of_snapshots_strengths_seeds(toy, run_dir: Path, tmp_path: Path, capsys) -> None:
+def test_cli_grid_of_snapshots_strengths_seeds(toy, toy_run: Path, single_image, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    main(["grid", PROMPT, "--hypernetwork-dir", str(run_dir / "hypernetworks"), "-x", "Hypernetwork: style-1, "
+    main(["grid", PROMPT, "--hypernetwork-dir", str(toy_run / "hypernetworks"), "-x", "Hypernetwork: style-1, "
           "style-2, style-3", "-y", "Hypernet str.: 0.5, 1, 1.5", "-z", "Seed: 11, 12", "--steps", "4",
           "--sampler", "Euler a", "--cfg", "5", "--out", str(out)])
     assert "saved" in capsys.readouterr().out
     cells = sorted(out.glob("000*.png"))
     grids = sorted(out.glob("xyz_grid-*.png"))
     assert len(cells) == 18 and len(grids) == 1
-    generator = Generator(*toy, hypernetwork_dir=run_dir / "hypernetworks")
+    generator = Generator(*toy, hypernetwork_dir=toy_run / "hypernetworks")
     prompts = set()
     for path in cells:
         with Image.open(path) as image:
             text, _ = read_infotext(image)
-            assert np.array_equal(np.asarray(image.convert("RGB")), single(generator, text)), path.name
+            assert np.array_equal(np.asarray(image.convert("RGB")), single_image(generator, text)), path.name
         prompts.add(parse_infotext(text)["Prompt"])
     assert f"{PROMPT} <hypernet:style-2:1.5>" in prompts and len(prompts) == 9
     with Image.open(grids[0]) as grid:
@@ -201,16 +169,16 @@ def test_cli_grid_errors_are_sentences(capsys, tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(run_dir: Path, tmp_path_factory):
+def server(toy_run: Path, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    config = ServerConfig(ckpt=CHECKPOINT, models_dir=CHECKPOINT.parent, hypernetwork_dir=run_dir / "hypernetworks",
+    config = ServerConfig(ckpt=CHECKPOINT, models_dir=CHECKPOINT.parent, hypernetwork_dir=toy_run / "hypernetworks",
                           data_dir=root, log_dir=root, outputs_dir=root / "outputs", ui=False)
     state = ServerState.start(config)
     with BackgroundServer(create_app(state)) as running:
         yield running, state
 
 
-def test_api_xyz_plot_script_args(toy, run_dir: Path, server) -> None:
+def test_api_xyz_plot_script_args(toy, toy_run: Path, server, single_image) -> None:
     running, state = server
     args = [51, "style-1, style-2, style-3", None, 52, "0.5, 1, 1.5", None, 1, "11, 12", None,
             True, True, False, False, False, False, False, 0, False]
@@ -221,9 +189,9 @@ def test_api_xyz_plot_script_args(toy, run_dir: Path, server) -> None:
     info = json.loads(r.json()["info"])
     assert len(images) == 1 + 18 and images[0].width > 6 * 64
     assert parse_infotext(info["infotexts"][0])["Y Type"] == "Hypernet str."
-    generator = Generator(*toy, hypernetwork_dir=run_dir / "hypernetworks")
+    generator = Generator(*toy, hypernetwork_dir=toy_run / "hypernetworks")
     for image, text in zip(images[1:], info["infotexts"][1:]):
-        assert np.array_equal(np.asarray(image.convert("RGB")), single(generator, text))
+        assert np.array_equal(np.asarray(image.convert("RGB")), single_image(generator, text))
     saved = state.config.outputs_dir
     assert len(list(saved.glob("txt2img-images/*/*.png"))) == 18 and len(list(saved.glob("txt2img-grids/*/*.png"))) == 1
 

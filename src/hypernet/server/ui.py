@@ -33,6 +33,7 @@ from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: 
 from hypernet.server.hypernetworks import create_hypernetwork  # noqa: E402
 from hypernet.server.models import M  # noqa: E402
 from hypernet.server.state import ServerState  # noqa: E402
+from hypernet.server.ui_grid import XYZControls  # noqa: E402
 
 CSS = """
 #hn_cards .caption-label { white-space: normal; }
@@ -222,6 +223,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                                                          elem_id="hires_neg_prompt",
                                                                          placeholder="Leave empty to use the same "
                                                                                      "negative prompt.")
+                            c["script"] = XYZControls().inputs if kind == "txt2img" else []
                         with gr.Column():
                             c["gallery"] = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{kind}_gallery",
                                                       height=420)
@@ -283,6 +285,8 @@ def build_ui(state: ServerState) -> gr.Blocks:
 
             def on_generate(*values: Any, kind: str = kind, names: list[str] = names) -> Iterator[tuple[Any, str, str]]:
                 fields = dict(zip(names, values))
+                if kind == "txt2img":
+                    fields |= XYZControls.fields(list(values[len(names):]))
                 for key in ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed", "hr_second_pass_steps"):
                     if key in fields:
                         fields[key] = int(fields[key] if fields[key] is not None else -1)
@@ -298,7 +302,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
                     fields["init_images"] = [encode_png_b64(init)]
                 yield from generate(kind, fields)
 
-            c["go"].click(on_generate, [c[n] for n in names], [c["gallery"], c["info"], c["status"]],
+            c["go"].click(on_generate, [c[n] for n in names] + c["script"], [c["gallery"], c["info"], c["status"]],
                           concurrency_limit=None)
             c["interrupt"].click(state.jobs.interrupt, None, None, queue=False)
             c["skip"].click(state.jobs.skip, None, None, queue=False)
@@ -352,7 +356,8 @@ def build_ui(state: ServerState) -> gr.Blocks:
 
         png_image.change(on_png, png_image, [png_text, png_parsed])
 
-        pasted_names = [n for n in tabs["txt2img"] if n not in ("go", "interrupt", "skip", "gallery", "status", "info")]
+        pasted_names = [n for n in tabs["txt2img"]
+                        if n not in ("go", "interrupt", "skip", "gallery", "status", "info", "script")]
 
         def send_to_txt2img(text: str) -> list[Any]:
             """A1111's "Send to txt2img": every field of the infotext that txt2img has; the rest is listed."""
