@@ -19,7 +19,7 @@ from PIL import Image
 from hypernet.engine.generate import Generator, Hooks, Settings
 from hypernet.engine.infotext import format_infotext
 from hypernet.errors import HypernetError
-from hypernet.grid.axes import Axis, Cell, HYPERNETWORK_AXIS, STRENGTH_AXIS
+from hypernet.grid.axes import Axis, Cell
 from hypernet.grid.layout import annotate, image_grid
 from hypernet.network import list_hypernetworks
 from hypernet.prompt.tags import parse_batch
