@@ -30,7 +30,7 @@ from hypernet.engine.generate import Generator, Settings
 from hypernet.grid.axes import parse_axis
 from hypernet.grid.plot import Plot, run_plot
 from hypernet.network import Hypernetwork
-from hypernet.toy.model import CHECKPOINT, SIZE
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT, TOY_SIZE as SIZE
 
 
 def main() -> None:

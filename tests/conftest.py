@@ -41,7 +41,7 @@ def one_thread():
 def toy():
     """hypernet's embedded toy model, loaded once."""
     from hypernet.engine.checkpoints import load_pipeline
-    from hypernet.toy.model import CHECKPOINT
+    from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 
     return load_pipeline(CHECKPOINT)
 

@@ -24,7 +24,7 @@ from hypernet.network import Hypernetwork
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.state import ServerConfig
-from hypernet.toy.model import CHECKPOINT
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 
 PROMPT = "a red circle on a white background, top left"
 CELL = dict(steps=4, sampler_name="Euler a", cfg_scale=5.0, width=64, height=64)

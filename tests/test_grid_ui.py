@@ -15,7 +15,7 @@ from hypernet.engine.generate import Generator
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.state import ServerConfig
-from hypernet.toy.model import CHECKPOINT
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 
 CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("HYPERNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "ui"

@@ -68,7 +68,7 @@ def grid(
     from hypernet.engine.generate import Generator, Hooks, Settings
     from hypernet.grid.axes import HYPERNETWORK_AXIS, Axis, axis_from_text
     from hypernet.grid.plot import Options, Plot, network_folder, run_plot
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
+    from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT, TOY_NOTE as DEFAULT_NOTE, TOY_SIZE as SIZE
 
     console = Console()
     if model is None:
