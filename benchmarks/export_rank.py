@@ -31,7 +31,7 @@ from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator, Hooks, Settings
 from hypernet.export import exact_deltas, lora_applied, plan_lora
 from hypernet.network import Hypernetwork, load_hypernetwork
-from hypernet.toy.model import CHECKPOINT, SIZE
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT, TOY_SIZE as SIZE
 from hypernet.toy.style import TEMPLATES, measure_style, write_style_dataset
 from hypernet.toy.world import split_scenes
 from hypernet.train import TrainConfig, train_hypernetwork

@@ -9,7 +9,7 @@ import pytest
 from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator
 from hypernet.export import FitOptions, export_lora, resolve_networks
-from hypernet.toy.model import CHECKPOINT, SIZE
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT, TOY_SIZE as SIZE
 from hypernet.toy.style import measure_style, train_style, write_style_dataset
 from hypernet.toy.world import split_scenes
 
