@@ -54,7 +54,7 @@ def test_xyz_plot_panel(server, toy, toy_run: Path, single_image) -> None:
         for which, label, values in (("x", "Hypernetwork", "style-1, style-2, style-3"),
                                      ("y", "Hypernet str.", "0.5, 1, 1.5"), ("z", "Seed", "11, 12")):
             page.locator(f"#xyz_{which}_type input").click()
-            page.get_by_role("option", name=label, exact=True).click()
+            page.get_by_role("option", name=label, exact=True).filter(visible=True).last.click()  # earlier axes' lists may still be open
             page.fill(f"#xyz_{which}_values textarea", values)
         page.locator("#xyz_lone input").check()
         page.click("#txt2img_generate")
