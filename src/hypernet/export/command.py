@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,17 +11,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hypernet.engine.checkpoints import load_pipeline
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, hypernetwork_dir
 from hypernet.engine.generate import Generator
+from hypernet.engine.loading import open_model
 from hypernet.errors import HypernetError
 from hypernet.export.api import ExportReport, bake as bake_checkpoint, export_lora as export, resolve_networks
 from hypernet.export.fit import DEFAULT_PROMPTS, FitOptions
 
 LORA_DIR = Path("models/Lora")
 CHECKPOINT_DIR = Path("models/Stable-diffusion")
-# The toy model's file (hypernet.toy sits beside this package, so its constant is not imported from there)
-TOY_CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "toy" / "toy-sd1.safetensors"
-_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
+_HN_DIR = hypernetwork_dir()
 
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
 Check = Annotated[int, typer.Option("--check", help="Prompts to generate with the network and with the export to "
@@ -48,12 +46,10 @@ def _prompts(path: Path | None) -> list[str]:
 
 def _generator(model: str | None, console: Console) -> tuple[Generator, str]:
     if model is None:
-        console.print(f"[dim]no model given: using hypernet's embedded toy model ({TOY_CHECKPOINT.name})[/dim]")
+        console.print(f"[dim]{TOY_NOTE}[/dim]")
         model = str(TOY_CHECKPOINT)
     with console.status(f"loading {model}"):
-        pipe, info = load_pipeline(model)
-    if torch.cuda.is_available():
-        pipe.to("cuda")
+        pipe, info = open_model(model)
     return Generator(pipe, info), model
 
 

@@ -5,7 +5,6 @@ Heavy imports (torch, diffusers) happen inside the command, so other CLI command
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -13,15 +12,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE, hypernetwork_dir
 from hypernet.errors import HypernetError
 
 if TYPE_CHECKING:
-    import torch
-
     from hypernet.engine.generate import Generator
     from hypernet.grid.plot import PlotResult
 
-DEFAULT_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
+DEFAULT_HN_DIR = hypernetwork_dir()
 AXIS_HELP = ('"LABEL: VALUES", e.g. "Hypernetwork: style-100, style-200", "Hypernet str.: 0.5, 1", "Seed: 1, 2", '
              '"Steps: 10-30 (+10)", "CFG Scale: 5, 7", "Sampler: Euler a, DPM++ 2M", "Schedule type: Karras", '
              '"Prompt S/R: cat, dog", "Checkpoint name: a.safetensors, b.safetensors", "Size: 512x512"')
@@ -62,18 +60,15 @@ def grid(
     out: Annotated[Path, typer.Option(help="Output folder: every cell's image and the grid, with infotext.")] = Path("outputs"),
 ) -> None:
     """Generate an X/Y/Z plot (A1111's script): every cell is the image a single generate with its settings gives."""
-    import torch
-
-    from hypernet.engine.checkpoints import load_pipeline
     from hypernet.engine.generate import Generator, Hooks, Settings
+    from hypernet.engine.loading import open_model
     from hypernet.grid.axes import HYPERNETWORK_AXIS, Axis, axis_from_text
     from hypernet.grid.plot import Options, Plot, network_folder, run_plot
-    from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT, TOY_NOTE as DEFAULT_NOTE, TOY_SIZE as SIZE
 
     console = Console()
     if model is None:
-        console.print(f"[dim]{DEFAULT_NOTE}[/dim]")
-        model, size = str(CHECKPOINT), size or f"{SIZE}x{SIZE}"
+        console.print(f"[dim]{TOY_NOTE}[/dim]")
+        model, size = str(TOY_CHECKPOINT), size or f"{TOY_SIZE}x{TOY_SIZE}"
     width, height = parse_size(size or "512x512")
     axes = [axis_from_text(text, which) if text else Axis(0, [None]) for text, which in ((x, "X"), (y, "Y"), (z, "Z"))]
     folder = hypernetwork_dir
@@ -87,12 +82,10 @@ def grid(
                       vary_seeds=tuple(a in vary for a in "xyz"), margin_size=margin)  # type: ignore[arg-type]
     plot = Plot(*axes, options=options)
     base = Settings(prompt, negative, sampler, scheduler, steps, cfg, seed, width, height, clip_skip=clip_skip)
-    dtype = _dtype(precision)
 
     def load(checkpoint: str) -> Generator:
         with console.status(f"loading {checkpoint}"):
-            pipe, info = load_pipeline(checkpoint, dtype=dtype)
-            pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+            pipe, info = open_model(checkpoint, precision=precision)
         return Generator(pipe, info, folder or DEFAULT_HN_DIR)
 
     generator = load(model)
@@ -139,12 +132,3 @@ def save_plot(result: PlotResult, out: Path) -> list[Path]:
 def _number(name: str) -> int | None:
     stem = name.removeprefix("xyz_grid-").split("-")[0].split(".")[0]
     return int(stem) if stem.isdigit() else None
-
-
-def _dtype(precision: str) -> torch.dtype:
-    import torch
-
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in dtypes:
-        raise HypernetError(f"--precision {precision!r} must be one of fp32, fp16, bf16")
-    return dtypes[precision]
