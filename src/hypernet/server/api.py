@@ -13,8 +13,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hypernet.engine.hires import IMAGE_UPSCALERS, LATENT_MODES
 from hypernet.engine.infotext import parse_infotext, read_infotext
+from hypernet.engine.upscalers import list_esrgan
 from hypernet.errors import HypernetError
+from hypernet.sampling import SAMPLERS, SCHEDULES
 from hypernet.server import export, hypernetworks
 from hypernet.server.generation import plan_request, respond, run_plan
 from hypernet.server.jobs import ClientGone, JobCancelled, wait_for_job
@@ -141,14 +144,10 @@ def build_router(state: ServerState) -> APIRouter:
 
     @api.get("/samplers", response_model=list[M.SamplerItem])
     def samplers() -> Any:
-        from hypernet.sampling import SAMPLERS
-
         return [s.as_api() for s in SAMPLERS]
 
     @api.get("/schedulers", response_model=list[M.SchedulerItem])
     def schedulers() -> Any:
-        from hypernet.sampling import SCHEDULES
-
         return [s.as_api() for s in SCHEDULES]
 
     # ------------------------------------------------------------------ images
@@ -176,9 +175,6 @@ def build_router(state: ServerState) -> APIRouter:
 
     @api.get("/upscalers")
     def upscalers() -> Any:
-        from hypernet.engine.hires import IMAGE_UPSCALERS
-        from hypernet.engine.upscalers import list_esrgan
-
         return [*({"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
                   for name in IMAGE_UPSCALERS),
                 *({"name": name, "model_name": "ESRGAN", "model_path": str(path), "model_url": None, "scale": 4}
@@ -186,8 +182,6 @@ def build_router(state: ServerState) -> APIRouter:
 
     @api.get("/latent-upscale-modes")
     def latent_upscale_modes() -> Any:
-        from hypernet.engine.hires import LATENT_MODES
-
         return [{"name": name} for name in LATENT_MODES]
 
     for path in ("/loras", "/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models", "/extensions"):
