@@ -30,8 +30,9 @@ from PIL import Image
 
 from hypernet.fileio import atomic_write_bytes
 from hypernet.testing import ldm_state_dict
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 from hypernet.engine.model_defaults import METADATA_KEY
-from hypernet.toy.model import CHECKPOINT, RECORDED_DEFAULTS, toy_pipeline
+from hypernet.toy.model import RECORDED_DEFAULTS, toy_pipeline
 from hypernet.toy.world import BACKGROUNDS, COLOURS, render, sepia, split_scenes
 
 

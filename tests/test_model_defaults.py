@@ -16,7 +16,8 @@ from hypernet.engine.generate import Generator, Settings
 from hypernet.engine.model_defaults import METADATA_KEY, checkpoint_defaults, model_defaults, native_size
 from hypernet.errors import HypernetError
 from hypernet.testing import save_single_file, tiny_pipeline
-from hypernet.toy.model import CHECKPOINT, RECORDED_DEFAULTS
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
+from hypernet.toy.model import RECORDED_DEFAULTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # two shared cores: no OpenMP oversubscription
 

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from hypernet.server.app import create_app
 from hypernet.server.state import ServerState
 from hypernet.server.testing import tiny_server_config
-from hypernet.toy.model import CHECKPOINT
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # two shared cores: no OpenMP oversubscription
 

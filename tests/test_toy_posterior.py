@@ -12,7 +12,7 @@ import torch
 
 from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator, Settings
-from hypernet.toy.model import CHECKPOINT
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 from hypernet.toy.style import measure_style, train_style, write_style_dataset
 from hypernet.toy.world import detect_colour, detect_shape, render, split_scenes
 

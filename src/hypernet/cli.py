@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,11 +12,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hypernet.defaults import DEFAULT_WIDTHS, TOY_CHECKPOINT, TOY_NOTE
+from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
-from hypernet.fileio import short_hash
-from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
-from hypernet.network.hypernetwork import parse_numbers
+from hypernet.export.command import bake, export_lora
+from hypernet.grid.command import grid
+from hypernet.network import Hypernetwork, describe_file, list_hypernetworks, load_hypernetwork, parse_numbers, sanitize_name
 from hypernet.network.module import WEIGHT_INITS
 from hypernet.prepare.command import preprocess
 from hypernet.server.command import serve
@@ -33,8 +34,11 @@ app = typer.Typer(
 app.command()(preprocess)
 app.command()(train)
 app.command()(serve)
+app.command("export-lora")(export_lora)
+app.command()(bake)
+app.command()(grid)
 
-DEFAULT_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
+DEFAULT_HN_DIR = default_hypernetwork_dir()
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
 
 
@@ -50,20 +54,13 @@ def _widths(text: str) -> list[int]:
         raise HypernetError(f"--sizes {text!r} must be comma-separated integers, e.g. 768,320,640,1280") from None
 
 
-def sanitize_name(name: str) -> str:
-    """A1111 keeps only letters, digits and ``._- `` in a new network's name."""
-    clean = "".join(c for c in name if c.isalnum() or c in "._- ").strip()
-    if not clean:
-        raise HypernetError(f"hypernetwork name {name!r} has no usable characters (letters, digits, '._- ')")
-    return clean
-
-
 @app.command()
 def create(
     name: str,
     dir: HnDir = DEFAULT_HN_DIR,
-    sizes: Annotated[Optional[str], typer.Option(help="Context widths to give modules to (A1111: 768,320,640,1280); "
-                                                 "default: the widths of --model.")] = None,
+    sizes: Annotated[Optional[str], typer.Option(help="Context widths to give modules to (A1111: "
+                                                 f"{','.join(map(str, DEFAULT_WIDTHS))}); default: the widths of "
+                                                 "--model.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Size the network for this checkpoint (default: hypernet's "
                                                  "embedded toy model); ignored with --sizes.")] = None,
     layers: Annotated[str, typer.Option(help="Layer structure, e.g. \"1, 2, 1\".")] = "1, 2, 1",
@@ -103,36 +100,11 @@ def _model_widths(model: str | None) -> list[int]:
     """The widths a network needs on ``model`` (the embedded toy model when None)."""
     from hypernet.engine.checkpoints import load_pipeline
     from hypernet.engine.model_defaults import network_widths
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE
 
     if model is None:
-        Console().print(f"[dim]{DEFAULT_NOTE}[/dim]")
-    pipe, info = load_pipeline(model or CHECKPOINT)
+        Console().print(f"[dim]{TOY_NOTE}[/dim]")
+    pipe, info = load_pipeline(model or TOY_CHECKPOINT)
     return network_widths(pipe, info.text_widths)
-
-
-def describe_file(path: Path) -> dict[str, object]:
-    """What ``inspect`` shows, as plain data (also used by the HTTP API and UI)."""
-    net = load_hypernetwork(path)
-    a = net.arch
-    return {
-        "name": net.name,
-        "file": str(path),
-        "format": "safetensors (hypernet)" if path.suffix.lower() == ".safetensors" else "pt (A1111)",
-        "widths": net.widths,
-        "layer_structure": a.layer_structure,
-        "activation": a.activation_func,
-        "activate_output": a.activate_output,
-        "layer_norm": a.add_layer_norm,
-        "dropout_structure": a.dropout_structure,
-        "weight_init": a.weight_init,
-        "parameters": net.num_parameters(),
-        "step": net.step,
-        "sd_checkpoint": net.sd_checkpoint,
-        "sd_checkpoint_name": net.sd_checkpoint_name,
-        "sha256": short_hash(path),
-        "optimizer_state": net.optimizer_name if net.optimizer_state_dict is not None else None,
-    }
 
 
 @app.command()
@@ -183,6 +155,8 @@ def generate(
                                                     "the lines are split across processes.")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
     hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
+    esrgan_dir: Annotated[Path, typer.Option(help="ESRGAN models for --hr-upscaler NAME (file stem).")] = Path(
+        "models/ESRGAN"),
     sampler: Annotated[Optional[str], typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a' (default: "
                                                    "the model's, else DPM++ 2M).")] = None,
     scheduler: Annotated[str, typer.Option(help="Schedule type: Automatic, Karras, Exponential, ...")] = "Automatic",
@@ -220,7 +194,8 @@ def generate(
     hr_resize: Annotated[Optional[str], typer.Option(help="Hires target WIDTHxHEIGHT instead of --hr-scale.")] = None,
     hr_upscaler: Annotated[str, typer.Option(help="Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic "
                                              "antialiased), Latent (nearest), Latent (nearest-exact), None, "
-                                             "Lanczos or Nearest.")] = "Latent",
+                                             "Lanczos, Nearest, or an ESRGAN model's file name "
+                                             "without extension in --esrgan-dir.")] = "Latent",
     hr_steps: Annotated[int, typer.Option(help="Hires steps (0 = --steps).")] = 0,
     hr_sampler: Optional[str] = None,
     hr_scheduler: Optional[str] = None,
@@ -233,11 +208,9 @@ def generate(
     from PIL import Image, UnidentifiedImageError
     from rich.progress import Progress
 
-    from hypernet.engine.checkpoints import load_pipeline
-    from hypernet.engine.generate import Generator, Settings, apply_memory_options
+    from hypernet.engine.generate import Generator, Settings
+    from hypernet.engine.loading import open_model
     from hypernet.engine.infotext import save_image
-
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE
 
     console = Console()
     sampler_params: dict = {}
@@ -254,12 +227,9 @@ def generate(
          hr_scheduler, hr_prompt, hr_negative) = (chosen[k] for k in PASTED_OPTIONS)
         console.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
     if model is None:
-        console.print(f"[dim]{DEFAULT_NOTE}[/dim]")
-        model = str(CHECKPOINT)
+        console.print(f"[dim]{TOY_NOTE}[/dim]")
+        model = str(TOY_CHECKPOINT)
     jobs = _prompt_jobs(prompt, prompts)
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in dtypes:
-        raise HypernetError(f"--precision {precision!r} must be one of fp32, fp16, bf16")
     width = height = None  # the model's native size
     try:
         if size is not None:
@@ -281,11 +251,9 @@ def generate(
             raise HypernetError(f"{init_image}: not a readable image") from None
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several (accelerate launch)
     with console.status(f"loading {model}"):
-        pipe, info = load_pipeline(model, vae=vae, dtype=dtypes[precision])
-    if not (medvram or lowvram):
-        pipe.to(state.device)
-    apply_memory_options(pipe, medvram=medvram, lowvram=lowvram, vae_tiling=vae_tiling)
-    generator = Generator(pipe, info, hypernetwork_dir)
+        pipe, info = open_model(model, vae=vae, precision=precision, device=state.device, medvram=medvram,
+                                lowvram=lowvram, vae_tiling=vae_tiling)
+    generator = Generator(pipe, info, hypernetwork_dir, esrgan_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_job = batch_size * batch_count
     start = _next_image_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE
+from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.train.config import TrainConfig
 
 if TYPE_CHECKING:  # the loop imports torch and diffusers; the CLI loads it only when training
     from hypernet.train.loop import TrainProgress, TrainResult
 
-_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
+_HN_DIR = default_hypernetwork_dir()
 _D = TrainConfig()  # the defaults, shown in --help
 
 
@@ -72,12 +74,11 @@ def train(
     from rich.console import Console
 
     from hypernet.engine.model_defaults import checkpoint_defaults
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE
     from hypernet.train.loop import train_hypernetwork
 
     if model is None:
-        Console(stderr=True).print(f"[dim]{DEFAULT_NOTE}[/dim]")
-        model = str(CHECKPOINT)
+        Console(stderr=True).print(f"[dim]{TOY_NOTE}[/dim]")
+        model = str(TOY_CHECKPOINT)
     # what the user gave, over what the checkpoint records, over A1111's defaults
     recorded = checkpoint_defaults(model).training()
     chosen = {key: value for key, value in {
