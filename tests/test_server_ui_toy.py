@@ -158,7 +158,7 @@ def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_avera
     shot(page, "toy-6-training-progress")
     page.click("#train_interrupt")
     page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes('interrupted')")
-    assert state.last_training["result"].stopped == "interrupted"
+    assert state.last_training.result.stopped == "interrupted"
 
 
 def test_seed_buttons_and_send_to_img2img_then_png_info_to_txt2img(page, fresh, tmp_path) -> None:
