@@ -200,3 +200,34 @@ def test_png_info_reads_generated_images(page, server, tmp_path) -> None:
     page.wait_for_function("document.querySelector('#pnginfo_text textarea').value.includes('Seed: 9')")
     assert page.input_value("#pnginfo_text textarea").startswith("a bell <hypernet:style:0.3>")
     shot(page, "6-png-info")
+
+
+def test_lora_and_embedding_cards_insert_into_prompts(page, server) -> None:
+    import torch
+
+    from hypernet.testing import TEXT_WIDTHS, save_tensors
+
+    _, state = server
+    save_tensors({"lora_unet_a.lora_up.weight": torch.zeros(2, 1), "lora_unet_a.lora_down.weight": torch.zeros(1, 2)},
+                 state.config.lora_dir / "cardlora.safetensors", {"ss_output_name": "CardLora"})
+    state.config.embeddings_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"emb_params": torch.zeros(1, TEXT_WIDTHS["sd1"][0])}, state.config.embeddings_dir / "cardneg.pt")
+    open_tab(page, "txt2img")
+    page.fill("#txt2img_prompt textarea", "a tower")
+    page.fill("#txt2img_negative textarea", "")
+    open_tab(page, "Lora")
+    page.click("#lora_refresh")
+    card = page.locator("#lora_cards img[alt^='CardLora']")
+    card.wait_for()
+    card.click()
+    open_tab(page, "Textual Inversion")
+    page.locator("#ti_target").get_by_text("txt2img negative", exact=True).click()
+    page.click("#ti_refresh")
+    emb = page.locator("#ti_cards img[alt^='cardneg']")
+    emb.wait_for()
+    shot(page, "5-textual-inversion-cards")
+    emb.click()
+    open_tab(page, "txt2img")
+    page.wait_for_function("document.querySelector('#txt2img_negative textarea').value.includes('cardneg')")
+    assert page.input_value("#txt2img_prompt textarea") == "a tower <lora:CardLora:1>"
+    assert page.input_value("#txt2img_negative textarea") == "cardneg"

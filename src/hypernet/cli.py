@@ -34,6 +34,8 @@ app.command()(train)
 app.command()(serve)
 
 DEFAULT_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
+DEFAULT_LORA_DIR = Path(os.environ.get("HYPERNET_LORA_DIR", "models/Lora"))
+DEFAULT_EMBEDDINGS_DIR = Path(os.environ.get("HYPERNET_EMBEDDINGS_DIR", "embeddings"))
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
 
 
@@ -165,6 +167,8 @@ def generate(
                                                     "the lines are split across processes.")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
     hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
+    lora_dir: Annotated[Path, typer.Option(help="Where <lora:NAME:WEIGHT> names are looked up (A1111: models/Lora).")] = DEFAULT_LORA_DIR,
+    embeddings_dir: Annotated[Path, typer.Option(help="Textual-inversion embeddings, used by file name in prompts.")] = DEFAULT_EMBEDDINGS_DIR,
     sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'.")] = "DPM++ 2M",
     scheduler: Annotated[str, typer.Option(help="Schedule type: Automatic, Karras, Exponential, ...")] = "Automatic",
     steps: int = 20,
@@ -223,7 +227,7 @@ def generate(
     if not (medvram or lowvram):
         pipe.to(state.device)
     apply_memory_options(pipe, medvram=medvram, lowvram=lowvram, vae_tiling=vae_tiling)
-    generator = Generator(pipe, info, hypernetwork_dir)
+    generator = Generator(pipe, info, hypernetwork_dir, lora_dirs=[lora_dir], embeddings_dir=embeddings_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_job = batch_size * batch_count
     start = _next_image_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)
@@ -240,6 +244,10 @@ def generate(
             for a in result.applied:
                 hits = ", ".join(f"{n} layers at width {w}" for w, n in sorted(a.layers_by_width.items()))
                 console.print(f"applied {a.name} x{a.multiplier}: {hits}")
+            for lora in result.loras:
+                console.print(f"applied LoRA {lora.name} te x{lora.te} unet x{lora.unet}: {lora.layers} layers")
+            if result.embeddings:
+                console.print(f"embeddings used: {', '.join(result.embeddings)}")
             for warning in result.warnings:
                 console.print(f"[yellow]warning:[/yellow] {warning}")
             for i, (image, text_info, seed_used) in enumerate(zip(result.images, result.infotexts, result.seeds)):

@@ -21,7 +21,9 @@ from hypernet import __version__
 from hypernet.engine.attention import attention_widths, install_hypernetworks
 from hypernet.engine.checkpoints import ModelInfo
 from hypernet.engine.conditioning import PromptEncoder
+from hypernet.engine.embeddings import EmbeddingLibrary
 from hypernet.engine.infotext import format_infotext
+from hypernet.engine.lora import AppliedLora, LoraLibrary, LoraMerger, activate_loras, lora_infotext
 from hypernet.engine.samplers import make_scheduler, resolve_sampler
 from hypernet.errors import HypernetError
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
@@ -99,6 +101,8 @@ class Result:
     seeds: list[int]
     applied: list[Applied] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    loras: list[AppliedLora] = field(default_factory=list)
+    embeddings: list[str] = field(default_factory=list)  # textual-inversion embeddings the prompts used
 
 
 def apply_memory_options(pipe: DiffusionPipeline, *, medvram: bool = False, lowvram: bool = False,
@@ -122,7 +126,9 @@ def apply_memory_options(pipe: DiffusionPipeline, *, medvram: bool = False, lowv
 class Generator:
     """A loaded model that generates with hypernetworks named in prompts (``<hypernet:NAME:WEIGHT>``)."""
 
-    def __init__(self, pipe: DiffusionPipeline, info: ModelInfo, hypernetwork_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, pipe: DiffusionPipeline, info: ModelInfo, hypernetwork_dir: str | os.PathLike[str] | None = None,
+                 *, lora_dirs: Sequence[str | os.PathLike[str]] = (),
+                 embeddings_dir: str | os.PathLike[str] | None = None) -> None:
         self.pipe = pipe
         pipe.set_progress_bar_config(disable=True)  # callers show progress through ``progress``
         self.info = info
@@ -130,6 +136,9 @@ class Generator:
         self.stack = install_hypernetworks(pipe.unet)
         self._loaded: dict[str, tuple[float, Hypernetwork]] = {}  # path -> (mtime, network)
         self._attention_widths = attention_widths(pipe.unet)
+        self.loras = LoraLibrary(lora_dirs)  # <lora:NAME> files (A1111: models/Lora)
+        self.lora_merger = LoraMerger(pipe, info.family)
+        self.embeddings = EmbeddingLibrary(embeddings_dir)  # textual inversion (A1111: embeddings/)
 
     @property
     def device(self) -> torch.device:
@@ -196,8 +205,9 @@ class Generator:
         pipe = self.pipe if s.init_image is None else AutoPipelineForImage2Image.from_pipe(self.pipe)
         pipe.set_progress_bar_config(disable=True)
         pipe.scheduler = make_scheduler(s.sampler_name, s.scheduler, self.pipe.scheduler.config)
-        encoder = PromptEncoder(self.pipe, clip_skip=s.clip_skip)
-        result = Result([], [], [])
+        embeddings = self.embeddings.for_width(sum(self.info.text_widths))
+        encoder = PromptEncoder(self.pipe, clip_skip=s.clip_skip, embeddings=embeddings)
+        result = Result([], [], [], warnings=self.embeddings.skipped_warnings([s.prompt, s.negative_prompt]))
         total = s.n_iter * s.steps
         try:
             for it in range(s.n_iter):
@@ -206,14 +216,20 @@ class Generator:
                 seeds = [base_seed + it * s.batch_size + i for i in range(s.batch_size)]
                 prompts = [s.prompt] * s.batch_size
                 clean, info_prompts, applied, warnings = self.activate(prompts, s, extra_networks)
+                result.loras, lora_warnings = activate_loras(self.loras, self.lora_merger, prompts)
+                warnings += lora_warnings
                 result.applied, result.warnings = applied, list(dict.fromkeys(result.warnings + warnings))
                 images = self._run(pipe, encoder, clean[0], s, seeds, hooks, it * s.steps, total)
                 for image, seed, prompt in zip(images, seeds, info_prompts):
                     result.images.append(image)
                     result.seeds.append(seed)
-                    result.infotexts.append(self.infotext(prompt, s, seed, sampler.name, schedule.label))
+                    result.infotexts.append(self.infotext(prompt, s, seed, sampler.name, schedule.label,
+                                                          networks=lora_infotext(result.loras)
+                                                          | self.embeddings.infotext(list(encoder.embeddings.used))))
+                result.embeddings = list(encoder.embeddings.used)
         finally:
             self.stack.set([])
+            self.lora_merger.restore()  # the merge stays cached for the next generation with the same LoRAs
         return result
 
     def _run(self, pipe: DiffusionPipeline, encoder: PromptEncoder, prompt: str, s: Settings, seeds: list[int],
@@ -272,7 +288,8 @@ class Generator:
         )
         return list(out.images)
 
-    def infotext(self, prompt: str, s: Settings, seed: int, sampler: str, schedule: str) -> str:
+    def infotext(self, prompt: str, s: Settings, seed: int, sampler: str, schedule: str,
+                 networks: dict[str, str] | None = None) -> str:
         params: dict[str, object] = {
             "Steps": s.steps,
             "Sampler": sampler,
@@ -284,6 +301,7 @@ class Generator:
             "Model": self.info.name,
             "Denoising strength": s.denoising_strength if s.init_image is not None else None,
             "Clip skip": s.clip_skip if s.clip_skip > 1 else None,
+            **(networks or {}),  # "Lora hashes", "TI hashes"
             "Version": f"hypernet {__version__}",
         }
         return format_infotext(prompt, s.negative_prompt, params)

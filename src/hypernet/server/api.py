@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from hypernet.engine.infotext import parse_infotext, read_infotext
 from hypernet.errors import HypernetError
-from hypernet.server import hypernetworks
+from hypernet.server import extra_networks, hypernetworks
 from hypernet.server.generation import plan_request, respond, run_plan
 from hypernet.server.jobs import ClientGone, JobCancelled, wait_for_job
 from hypernet.server.models import M
@@ -168,14 +168,12 @@ def build_router(state: ServerState) -> APIRouter:
     def script_info() -> list[Any]:
         return []
 
-    @api.get("/embeddings", response_model=M.EmbeddingsResponse)
-    def embeddings() -> Any:
-        return {"loaded": {}, "skipped": {}}
+    extra_networks.add_routes(api, state)  # /loras, /embeddings and their refresh calls
 
-    for path in ("/loras", "/upscalers", "/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models",
+    for path in ("/upscalers", "/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models",
                  "/latent-upscale-modes", "/extensions"):
         api.add_api_route(path, _empty_list, methods=["GET"], name=path.strip("/"))
-    for path in ("/refresh-loras", "/refresh-embeddings", "/refresh-vae"):
+    for path in ("/refresh-vae",):
         api.add_api_route(path, _nothing, methods=["POST"], name=path.strip("/"))
 
     @api.get("/memory", response_model=M.MemoryResponse)

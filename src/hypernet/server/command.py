@@ -44,6 +44,8 @@ def serve(
     ckpt: Annotated[Optional[Path], typer.Option(help="Checkpoint to load (.safetensors/.ckpt or diffusers folder); default: the first in --models-dir, else hypernet's embedded toy model.")] = None,
     models_dir: Annotated[Path, typer.Option(help="Checkpoints offered by /sd-models and the model setting.")] = Path("models/Stable-diffusion"),
     hypernetwork_dir: Annotated[Path, typer.Option(help="Hypernetworks: <hypernet:NAME> names, create and train.")] = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks")),
+    lora_dir: Annotated[Path, typer.Option(help="LoRA files: <lora:NAME:WEIGHT> names (A1111: models/Lora).")] = Path(os.environ.get("HYPERNET_LORA_DIR", "models/Lora")),
+    embeddings_dir: Annotated[Path, typer.Option(help="Textual-inversion embeddings, used by file name in prompts.")] = Path(os.environ.get("HYPERNET_EMBEDDINGS_DIR", "embeddings")),
     data_dir: Annotated[Path, typer.Option(help="Training and preprocessing folders named by requests must lie inside this one.")] = Path("training_data"),
     log_dir: Annotated[Path, typer.Option(help="Training logs (A1111's log_directory) must lie inside this one.")] = Path("textual_inversion"),
     outputs_dir: Annotated[Path, typer.Option(help="Where save_images=true writes images.")] = Path("outputs"),
@@ -77,10 +79,13 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     hypernetwork_dir.mkdir(parents=True, exist_ok=True)
+    lora_dir.mkdir(parents=True, exist_ok=True)  # A1111 creates models/Lora too
     config = ServerConfig(
         ckpt=ckpt,
         models_dir=models_dir,
         hypernetwork_dir=hypernetwork_dir,
+        lora_dir=lora_dir,
+        embeddings_dir=embeddings_dir,
         data_dir=data_dir,
         log_dir=log_dir,
         outputs_dir=outputs_dir,

@@ -76,6 +76,8 @@ class ServerConfig:
     ckpt: Path | None = None
     models_dir: Path = Path("models/Stable-diffusion")
     hypernetwork_dir: Path = Path("models/hypernetworks")
+    lora_dir: Path = Path("models/Lora")
+    embeddings_dir: Path = Path("embeddings")
     data_dir: Path = Path("training_data")
     log_dir: Path = Path("textual_inversion")
     outputs_dir: Path = Path("outputs")
@@ -91,7 +93,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         # absolute, so that answers (A1111 lists full paths) and confinement do not depend on a later chdir
-        for name in ("ckpt", "models_dir", "hypernetwork_dir", "data_dir", "log_dir", "outputs_dir"):
+        for name in ("ckpt", "models_dir", "hypernetwork_dir", "lora_dir", "embeddings_dir", "data_dir", "log_dir",
+                     "outputs_dir"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).expanduser().absolute())
@@ -103,6 +106,8 @@ class ServerConfig:
             "ckpt_dir": str(self.models_dir),
             "models_dir": str(self.models_dir),
             "hypernetwork_dir": str(self.hypernetwork_dir),
+            "lora_dir": str(self.lora_dir),
+            "embeddings_dir": str(self.embeddings_dir),
             "data_dir": str(self.data_dir),
             "log_dir": str(self.log_dir),
             "outputs_dir": str(self.outputs_dir),
@@ -322,4 +327,5 @@ def load_model(checkpoint: Checkpoint, config: ServerConfig) -> LoadedModel:
             raise HypernetError(f"--device {device}: the model cannot be moved there ({e}).") from None
     apply_memory_options(pipe, medvram=config.medvram, lowvram=config.lowvram)
     named = Checkpoint(checkpoint.path, checkpoint.name, info.short_hash)
-    return LoadedModel(named, Generator(pipe, info, config.hypernetwork_dir))
+    return LoadedModel(named, Generator(pipe, info, config.hypernetwork_dir, lora_dirs=[config.lora_dir],
+                                        embeddings_dir=config.embeddings_dir))
