@@ -4,10 +4,11 @@
 A generator on a random-weight model (tiny by default; ``--full-size`` for the real SD 1.x/XL architecture) makes
 the same image plain and with one kohya LoRA (every attention, feed-forward, projection and resnet layer of the UNet
 and every text-encoder layer, LoCon on 3x3 convolutions). The first LoRA generation merges (timed separately as
-``first_use_s`` and ``merge_s``); after that the merged weights are cached, so a LoRA generation should cost what a
+``first_use_s``, and the merge alone as ``merge_wall_s``); after that the merged weights are cached, so a LoRA generation should cost what a
 plain one does. Plain and LoRA generations are interleaved (start rotating) and medians compared.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/lora_overhead.py            # tiny SD1, 64 px, quick
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/lora_overhead.py --threads 1 --clock cpu   # on a busy machine
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/lora_overhead.py --full-size --size 512 --steps 20 --device cuda
 
 The LAST line of stdout is one JSON object: ``{"name": "lora_overhead", "ratio": <cached LoRA / plain>, ...}``.
@@ -40,10 +41,13 @@ def main() -> None:
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="cpu: this process's CPU time (robust on a shared machine; CPU runs only)")
     args = parser.parse_args()
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
 
     pipe = random_pipeline(args.family) if args.full_size else tiny_pipeline(args.family)
@@ -81,7 +85,7 @@ def main() -> None:
         "plain_s": round(statistics.median(plain), 4),
         "lora_cached_s": round(statistics.median(lora), 4),
         "first_use_s": round(first_use, 4),
-        "merge_s": round(merge_s, 4),
+        "merge_wall_s": round(merge_s, 4),
         "merges": gen.lora_merger.merges,
         "layers": len(modules),
         "family": args.family,

@@ -14,7 +14,7 @@ from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator, Settings
 from hypernet.engine.infotext import parse_infotext
 from hypernet.engine.lora import LayerTable, compvis_name, names_from_hashes, parse_network_hashes
-from hypernet.network.lora import LoraFile, list_loras, lora_hash, module_delta, resolve_lora
+from hypernet.network.lora import list_loras, lora_hash, module_delta, resolve_lora
 from hypernet.testing import kohya_lora, save_single_file, save_tensors, tiny_pipeline
 
 FAST = dict(steps=2, width=64, height=64, seed=3, sampler_name="Euler")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +62,7 @@ def load_embedding(path: str | os.PathLike[str]) -> Embedding:
             raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read.") from None
         raise HypernetError(f"{path}: refused to load: the file contains Python objects other than tensors and "
                             "plain data; hypernet never runs code from model files.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, Exception) as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - torch.load and safetensors raise many types for a damaged file
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({first}).") from None
     if not isinstance(data, dict) or not data:

@@ -18,7 +18,6 @@ import os
 import pickle
 import re
 import struct
-import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -181,7 +180,7 @@ def load_lora_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read.") from None
         raise HypernetError(f"{path}: refused to load: the file contains Python objects other than tensors and "
                             "plain data; hypernet never runs code from model files.") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, Exception) as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - torch.load and safetensors raise many types for a damaged file
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({first}).") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
@@ -246,7 +245,7 @@ def module_delta(
 
     Raises ValueError when the result does not fit ``weight`` (a file made for another model).
     """
-    p = {k: v.float() for k, v in parts.items()}
+    p = {k: v.to(weight.device, torch.float32) for k, v in parts.items()}  # on the model's device: faster on a GPU
     kind = module_type(parts)
     dim: int | None = None
     bias_delta: torch.Tensor | None = None
