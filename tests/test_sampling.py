@@ -103,8 +103,8 @@ def test_names_and_errors() -> None:
         plan({"Size": "big", "Seed": 1})
 
 
-def test_interrupt_returns_the_latest_latent(tiny: tuple) -> None:
+def test_interrupt_returns_the_latest_prediction(tiny: tuple) -> None:
     seen: list[torch.Tensor] = []
-    x, calls = _sample(tiny, {"Sampler": "Euler", "Steps": 10}, callback=lambda i, n, x, d: seen.append(x),
+    x, calls = _sample(tiny, {"Sampler": "Euler", "Steps": 10}, callback=lambda i, n, x, d: seen.append(d),
                        interrupted=lambda: len(seen) >= 3)
-    assert calls == 3 and torch.equal(x, seen[-1])
+    assert calls == 3 and torch.equal(x, seen[-1]), "A1111 returns the latest x0 prediction"

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 
 from hypernet.engine.infotext import parse_infotext
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.testing import tiny_server_config
+from hypernet.testing import TEXT_WIDTHS, save_tensors
 
 CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("HYPERNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "ui"
@@ -31,6 +33,7 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
 sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.slow  # a real Chromium per module
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +185,7 @@ def test_training_shows_a_live_loss_chart_and_preview(page, server) -> None:
     shot(page, "4-training-live")
     page.click("#train_interrupt")
     page.wait_for_function("document.querySelector('#train_status').innerText.includes('interrupted')")
-    result = state.last_training["result"]
+    result = state.last_training.result
     assert result.stopped == "interrupted" and result.step >= first_step + 2
     shot(page, "5-training-interrupted")
 
@@ -200,13 +203,41 @@ def test_png_info_reads_generated_images(page, server, tmp_path) -> None:
     page.wait_for_function("document.querySelector('#pnginfo_text textarea').value.includes('Seed: 9')")
     assert page.input_value("#pnginfo_text textarea").startswith("a bell <hypernet:style:0.3>")
     shot(page, "6-png-info")
+    page.click("#pnginfo_send_txt2img")
+    open_tab(page, "txt2img")
+    page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.includes('a bell')")
+    assert page.input_value("#txt2img_prompt textarea") == "a bell <hypernet:style:0.3>"
+    assert page.input_value("#txt2img_seed input") == "9"
+
+
+def test_hires_fix_with_its_own_sampler_and_prompts(page) -> None:
+    open_tab(page, "txt2img")
+    page.locator("#txt2img_hires_fix button.label-wrap").first.click()
+    page.locator("#txt2img_enable_hr input[type=checkbox]").check()
+    page.fill("#txt2img_prompt textarea", "a tower")
+    for elem_id, value in (("txt2img_steps", "2"), ("txt2img_width", "64"), ("txt2img_height", "64")):
+        set_number(page, elem_id, value)
+    set_number(page, "txt2img_hires_steps", "1")
+    page.locator("#txt2img_sampler input").click()  # an earlier test may have pasted another first-pass sampler
+    page.locator("#txt2img_sampler").get_by_role("option", name="DPM++ 2M", exact=True).click()
+    page.locator("#hr_sampler input").click()
+    page.locator("#hr_sampler").get_by_role("option", name="Euler", exact=True).click()
+    page.locator("#hr_scheduler input").click()
+    page.locator("#hr_scheduler").get_by_role("option", name="Exponential", exact=True).click()
+    page.fill("#hires_prompt textarea", "a tall tower")
+    page.fill("#hires_neg_prompt textarea", "fog")
+    page.fill("#txt2img_seed input", "5")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Hires prompt')")
+    info = parse_infotext(page.input_value("#txt2img_info textarea"))
+    assert info["Size-1"] == "64" and info["Hires upscale"] == "2.0" and info["Hires steps"] == "1"
+    assert (info["Hires sampler"], info["Hires schedule type"]) == ("Euler", "Exponential")
+    assert (info["Hires prompt"], info["Hires negative prompt"]) == ("a tall tower", "fog")
+    shot(page, "7-txt2img-hires-fix")
+    page.locator("#txt2img_enable_hr input[type=checkbox]").uncheck()
 
 
 def test_lora_and_embedding_cards_insert_into_prompts(page, server) -> None:
-    import torch
-
-    from hypernet.testing import TEXT_WIDTHS, save_tensors
-
     _, state = server
     save_tensors({"lora_unet_a.lora_up.weight": torch.zeros(2, 1), "lora_unet_a.lora_down.weight": torch.zeros(1, 2)},
                  state.config.lora_dir / "cardlora.safetensors", {"ss_output_name": "CardLora"})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -13,10 +12,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from hypernet.defaults import DEFAULT_WIDTHS, TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import embeddings_dir as default_embeddings_dir
+from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
+from hypernet.defaults import lora_dir as default_lora_dir
+from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
-from hypernet.fileio import short_hash
-from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
-from hypernet.network.hypernetwork import parse_numbers
+from hypernet.export.command import bake, export_lora
+from hypernet.grid.command import grid
+from hypernet.network import Hypernetwork, describe_file, list_hypernetworks, load_hypernetwork, parse_numbers, sanitize_name
 from hypernet.network.module import WEIGHT_INITS
 from hypernet.prepare.command import preprocess
 from hypernet.server.command import serve
@@ -32,10 +36,11 @@ app = typer.Typer(
 app.command()(preprocess)
 app.command()(train)
 app.command()(serve)
+app.command("export-lora")(export_lora)
+app.command()(bake)
+app.command()(grid)
 
-DEFAULT_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
-DEFAULT_LORA_DIR = Path(os.environ.get("HYPERNET_LORA_DIR", "models/Lora"))
-DEFAULT_EMBEDDINGS_DIR = Path(os.environ.get("HYPERNET_EMBEDDINGS_DIR", "embeddings"))
+DEFAULT_HN_DIR = default_hypernetwork_dir()
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
 
 
@@ -51,19 +56,11 @@ def _widths(text: str) -> list[int]:
         raise HypernetError(f"--sizes {text!r} must be comma-separated integers, e.g. 768,320,640,1280") from None
 
 
-def sanitize_name(name: str) -> str:
-    """A1111 keeps only letters, digits and ``._- `` in a new network's name."""
-    clean = "".join(c for c in name if c.isalnum() or c in "._- ").strip()
-    if not clean:
-        raise HypernetError(f"hypernetwork name {name!r} has no usable characters (letters, digits, '._- ')")
-    return clean
-
-
 @app.command()
 def create(
     name: str,
     dir: HnDir = DEFAULT_HN_DIR,
-    sizes: Annotated[str, typer.Option(help="Context widths to give modules to.")] = "768,320,640,1280",
+    sizes: Annotated[str, typer.Option(help="Context widths to give modules to.")] = ",".join(map(str, DEFAULT_WIDTHS)),
     layers: Annotated[str, typer.Option(help="Layer structure, e.g. \"1, 2, 1\".")] = "1, 2, 1",
     activation: Annotated[str, typer.Option(help="linear, relu, swish (= Hardswish), or any torch.nn activation name.")] = "linear",
     init: Annotated[str, typer.Option(help=f"Weight initialization: {', '.join(WEIGHT_INITS)}.")] = "Normal",
@@ -94,30 +91,6 @@ def create(
     )
     net.save(path)
     Console().print(f"Created {path} ({net.num_parameters():,} parameters)")
-
-
-def describe_file(path: Path) -> dict[str, object]:
-    """What ``inspect`` shows, as plain data (also used by the HTTP API and UI)."""
-    net = load_hypernetwork(path)
-    a = net.arch
-    return {
-        "name": net.name,
-        "file": str(path),
-        "format": "safetensors (hypernet)" if path.suffix.lower() == ".safetensors" else "pt (A1111)",
-        "widths": net.widths,
-        "layer_structure": a.layer_structure,
-        "activation": a.activation_func,
-        "activate_output": a.activate_output,
-        "layer_norm": a.add_layer_norm,
-        "dropout_structure": a.dropout_structure,
-        "weight_init": a.weight_init,
-        "parameters": net.num_parameters(),
-        "step": net.step,
-        "sd_checkpoint": net.sd_checkpoint,
-        "sd_checkpoint_name": net.sd_checkpoint_name,
-        "sha256": short_hash(path),
-        "optimizer_state": net.optimizer_name if net.optimizer_state_dict is not None else None,
-    }
 
 
 @app.command()
@@ -160,6 +133,7 @@ def list_(dir: HnDir = DEFAULT_HN_DIR) -> None:
 
 @app.command()
 def generate(
+    ctx: typer.Context,
     prompt: Annotated[Optional[str], typer.Argument(help="Prompt (A1111 syntax); omit with --prompts.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Checkpoint (.safetensors/.ckpt), diffusers folder or Hub id; "
                                                  "default: hypernet's embedded toy model.")] = None,
@@ -167,8 +141,10 @@ def generate(
                                                     "the lines are split across processes.")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
     hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
-    lora_dir: Annotated[Path, typer.Option(help="Where <lora:NAME:WEIGHT> names are looked up (A1111: models/Lora).")] = DEFAULT_LORA_DIR,
-    embeddings_dir: Annotated[Path, typer.Option(help="Textual-inversion embeddings, used by file name in prompts.")] = DEFAULT_EMBEDDINGS_DIR,
+    lora_dir: Annotated[Path, typer.Option(help="Where <lora:NAME:WEIGHT> names are looked up (A1111: models/Lora).")] = default_lora_dir(),
+    embeddings_dir: Annotated[Path, typer.Option(help="Textual-inversion embeddings, used by file name in prompts.")] = default_embeddings_dir(),
+    esrgan_dir: Annotated[Path, typer.Option(help="ESRGAN models for --hr-upscaler NAME (file stem).")] = Path(
+        "models/ESRGAN"),
     sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'.")] = "DPM++ 2M",
     scheduler: Annotated[str, typer.Option(help="Schedule type: Automatic, Karras, Exponential, ...")] = "Automatic",
     steps: int = 20,
@@ -189,6 +165,29 @@ def generate(
     lowvram: Annotated[bool, typer.Option("--lowvram", help="Offload layer by layer: least memory, slowest (GPU).")] = False,
     vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Decode large images in tiles.")] = False,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("outputs"),
+    infotext: Annotated[Optional[str], typer.Option(help="Run with the parameters of an A1111 infotext: an image "
+                                                    "carrying one, a text file, or the text itself; options given "
+                                                    "on the command line win.")] = None,
+    rng: Annotated[str, typer.Option(help="Noise source as A1111: GPU (CUDA's stream; reproduced on any device), "
+                                     "CPU or NV.")] = "GPU",
+    subseed: Annotated[int, typer.Option(help="Variation seed (-1 = random).")] = -1,
+    subseed_strength: Annotated[float, typer.Option(help="Variation strength, 0 (off) to 1.")] = 0.0,
+    seed_resize_from: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT the seed's noise was made at.")] = None,
+    ensd: Annotated[int, typer.Option(help="Eta noise seed delta (A1111 setting).")] = 0,
+    eta: Annotated[Optional[float], typer.Option(help="Eta for ancestral/SDE/DDIM samplers (default: A1111's).")] = None,
+    hires: Annotated[bool, typer.Option("--hires", help="Hires fix: upscale the first pass, then --hr-steps of "
+                                        "img2img at --denoise.")] = False,
+    hr_scale: float = 2.0,
+    hr_resize: Annotated[Optional[str], typer.Option(help="Hires target WIDTHxHEIGHT instead of --hr-scale.")] = None,
+    hr_upscaler: Annotated[str, typer.Option(help="Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic "
+                                             "antialiased), Latent (nearest), Latent (nearest-exact), None, "
+                                             "Lanczos, Nearest, or an ESRGAN model's file name "
+                                             "without extension in --esrgan-dir.")] = "Latent",
+    hr_steps: Annotated[int, typer.Option(help="Hires steps (0 = --steps).")] = 0,
+    hr_sampler: Optional[str] = None,
+    hr_scheduler: Optional[str] = None,
+    hr_prompt: str = "",
+    hr_negative: str = "",
 ) -> None:
     """Generate images; <hypernet:NAME:WEIGHT> in the prompt applies hypernetworks (A1111 syntax)."""
     import torch
@@ -196,25 +195,40 @@ def generate(
     from PIL import Image, UnidentifiedImageError
     from rich.progress import Progress
 
-    from hypernet.engine.checkpoints import load_pipeline
-    from hypernet.engine.generate import Generator, Settings, apply_memory_options
+    from hypernet.engine.generate import Generator, Settings
+    from hypernet.engine.loading import open_model
     from hypernet.engine.infotext import save_image
 
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
-
     console = Console()
+    sampler_params: dict = {}
+    if infotext is not None:  # fields the command line did not set come from the infotext
+        pasted, ignored = settings_from_infotext(read_parameters(infotext))
+        sampler_params = pasted.pop("sampler_params", {})
+        chosen = dict(ctx.params)
+        for name, value in _cli_values(pasted).items():
+            source = ctx.get_parameter_source(name)
+            if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):  # not given on the command line
+                chosen[name] = value
+        (prompt, negative, sampler, scheduler, steps, cfg, seed, size, clip_skip, denoise, rng, subseed,
+         subseed_strength, seed_resize_from, ensd, eta, hires, hr_scale, hr_resize, hr_upscaler, hr_steps, hr_sampler,
+         hr_scheduler, hr_prompt, hr_negative) = (chosen[k] for k in PASTED_OPTIONS)
+        console.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
     if model is None:
-        console.print(f"[dim]{DEFAULT_NOTE}[/dim]")
-        model, size = str(CHECKPOINT), size or f"{SIZE}x{SIZE}"
+        console.print(f"[dim]{TOY_NOTE}[/dim]")
+        model, size = str(TOY_CHECKPOINT), size or f"{TOY_SIZE}x{TOY_SIZE}"
     size = size or "512x512"
     jobs = _prompt_jobs(prompt, prompts)
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in dtypes:
-        raise HypernetError(f"--precision {precision!r} must be one of fp32, fp16, bf16")
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise HypernetError(f"--size {size!r} must look like 512x768") from None
+    resize_w, resize_h = _size_option("--seed-resize-from", seed_resize_from) if seed_resize_from else (0, 0)
+    hr_x, hr_y = _size_option("--hr-resize", hr_resize) if hr_resize else (0, 0)
+    noise_and_hires = dict(
+        rng=rng, subseed=subseed, subseed_strength=subseed_strength, seed_resize_from_w=resize_w,
+        seed_resize_from_h=resize_h, ensd=ensd, eta=eta, sampler_params=sampler_params, enable_hr=hires,
+        hr_scale=hr_scale, hr_upscaler=hr_upscaler, hr_second_pass_steps=hr_steps, hr_resize_x=hr_x, hr_resize_y=hr_y,
+        hr_sampler_name=hr_sampler, hr_scheduler=hr_scheduler, hr_prompt=hr_prompt, hr_negative_prompt=hr_negative)
     init = None
     if init_image is not None:
         try:
@@ -223,11 +237,9 @@ def generate(
             raise HypernetError(f"{init_image}: not a readable image") from None
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several (accelerate launch)
     with console.status(f"loading {model}"):
-        pipe, info = load_pipeline(model, vae=vae, dtype=dtypes[precision])
-    if not (medvram or lowvram):
-        pipe.to(state.device)
-    apply_memory_options(pipe, medvram=medvram, lowvram=lowvram, vae_tiling=vae_tiling)
-    generator = Generator(pipe, info, hypernetwork_dir, lora_dirs=[lora_dir], embeddings_dir=embeddings_dir)
+        pipe, info = open_model(model, vae=vae, precision=precision, device=state.device, medvram=medvram,
+                                lowvram=lowvram, vae_tiling=vae_tiling)
+    generator = Generator(pipe, info, hypernetwork_dir, esrgan_dir, lora_dirs=[lora_dir], embeddings_dir=embeddings_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_job = batch_size * batch_count
     start = _next_image_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)
@@ -238,7 +250,8 @@ def generate(
         for index, text in mine:
             job_seed = seed + index * per_job if seed != -1 else -1
             settings = Settings(text, negative, sampler, scheduler, steps, cfg, job_seed, width, height, batch_size,
-                                batch_count, clip_skip, init, denoise, hypernetwork_precision=hypernetwork_precision)
+                                batch_count, clip_skip, init, denoise, hypernetwork_precision=hypernetwork_precision,
+                                **noise_and_hires)
             task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=steps * batch_count)
             result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done))
             for a in result.applied:
@@ -254,6 +267,33 @@ def generate(
                 path = out / f"{start + index * per_job + i:05d}-{seed_used}.png"
                 save_image(image, path, text_info)
                 console.print(f"saved {path}")
+
+
+# the generate options an infotext can fill, in the order generate() unpacks them
+PASTED_OPTIONS = ("prompt", "negative", "sampler", "scheduler", "steps", "cfg", "seed", "size", "clip_skip", "denoise",
+                  "rng", "subseed", "subseed_strength", "seed_resize_from", "ensd", "eta", "hires", "hr_scale",
+                  "hr_resize", "hr_upscaler", "hr_steps", "hr_sampler", "hr_scheduler", "hr_prompt", "hr_negative")
+_SETTING_TO_OPTION = {"negative_prompt": "negative", "sampler_name": "sampler", "cfg_scale": "cfg",
+                      "denoising_strength": "denoise", "enable_hr": "hires", "hr_second_pass_steps": "hr_steps",
+                      "hr_sampler_name": "hr_sampler", "hr_negative_prompt": "hr_negative"}
+
+
+def _cli_values(settings: dict) -> dict:
+    """Settings values (from an infotext) as ``generate`` option values."""
+    values = {_SETTING_TO_OPTION.get(k, k): v for k, v in settings.items()}
+    for option, (w, h) in {"size": ("width", "height"), "seed_resize_from": ("seed_resize_from_w", "seed_resize_from_h"),
+                           "hr_resize": ("hr_resize_x", "hr_resize_y")}.items():
+        if w in values or h in values:
+            values[option] = f"{values.pop(w, 0)}x{values.pop(h, 0)}"
+    return {k: v for k, v in values.items() if k in PASTED_OPTIONS}
+
+
+def _size_option(option: str, value: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise HypernetError(f"{option} {value!r} must look like 512x768") from None
+    return width, height
 
 
 def _next_image_number(folder: Path) -> int:
@@ -275,6 +315,19 @@ def _prompt_jobs(prompt: str | None, prompts_file: Path | None) -> list[tuple[in
     if not texts:
         raise HypernetError(f"{prompts_file}: no prompts in the file (one per line; # starts a comment)")
     return list(enumerate(texts))
+
+
+@app.command("samplers")
+def samplers() -> None:
+    """List A1111's samplers and schedule types; every one can be used with --sampler / --scheduler."""
+    from hypernet.sampling import SAMPLERS, SCHEDULES
+
+    table = Table("sampler", "aliases", "Automatic schedule")
+    for sampler in SAMPLERS:
+        automatic = sampler.default_schedule or ("timesteps" if sampler.kind == "timesteps" else "the model's")
+        table.add_row(sampler.name, ", ".join(sampler.aliases), automatic)
+    Console().print(table)
+    print("schedule types: " + ", ".join(schedule.label for schedule in SCHEDULES))
 
 
 @app.command("png-info")

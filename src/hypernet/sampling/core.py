@@ -109,6 +109,7 @@ class Plan:
     noise_multiplier: float
     extra_noise: float
     img2img_fix_steps: bool
+    cfg_written: Any = None  # "CFG scale" as given (7 stays "7", 7.0 stays "7.0", as A1111 writes them back)
 
     @property
     def seeds(self) -> list[int]:
@@ -133,7 +134,7 @@ class Plan:
         timestep = self.sampler.kind == "timesteps"
         fields: dict[str, Any] = {
             "Steps": self.steps, "Sampler": self.sampler.name, "Schedule type": self.schedule_label,
-            "CFG scale": self.cfg_scale, "Seed": self.seed, "Size": f"{self.width}x{self.height}",
+            "CFG scale": self.cfg_written, "Seed": self.seed, "Size": f"{self.width}x{self.height}",
         }
         if self.subseed_strength != 0:
             fields["Variation seed"] = self.subseed
@@ -214,6 +215,8 @@ def plan(params: Mapping[str, Any]) -> Plan:
         denoising_strength=_float(params, "Denoising strength", 0.75),
         noise_multiplier=_float(params, "Noise multiplier", 1.0), extra_noise=_float(params, "Extra noise", 0.0),
         img2img_fix_steps=_bool(params, "img2img fix steps", False),
+        cfg_written=params.get("CFG scale") if isinstance(params.get("CFG scale"), (int, float)) else
+        _float(params, "CFG scale", 7.0),
     )
 
 
@@ -291,16 +294,22 @@ class _Model:
             raise Interrupted
         c, u = self._context(self.cond), self._context(self.uncond)
         batch = x_in.shape[0]
-        context = torch.cat([c["embeds"], u["embeds"]]).to(x_in.device, self.dtype)
-        added = {k: torch.cat([c[k], u[k]]).to(x_in.device, self.dtype) for k in c if k != "embeds"}
-        kwargs = {"added_cond_kwargs": added} if added else {}
         x2, t2 = torch.cat([x_in, x_in]), torch.cat([t, t])
-        out = self.unet(x2.to(self.dtype), t2, encoder_hidden_states=context, **kwargs).sample.float()
+        if c["embeds"].shape == u["embeds"].shape:  # A1111: one batch, cond first
+            out = self._unet(x2, t2, {k: torch.cat([c[k], u[k]]) for k in c})
+        else:  # prompts of different lengths: A1111 (without "pad conds") runs them one after the other
+            out = torch.cat([self._unet(x_in, t, c), self._unet(x_in, t, u)])
         self.calls += 1
         if self.prediction == "v_prediction":
             a = torch.cat([alpha, alpha])[:, None, None, None]
             out = (1 - a ** 2).sqrt() * x2 + a * out
         return out[:batch], out[batch:]
+
+    def _unet(self, x: torch.Tensor, t: torch.Tensor, cond: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        added = {k: v.to(x.device, self.dtype) for k, v in cond.items() if k != "embeds"}
+        kwargs = {"added_cond_kwargs": added} if added else {}
+        context = cond["embeds"].to(x.device, self.dtype)
+        return self.unet(x.to(self.dtype), t, encoder_hidden_states=context, **kwargs).sample.float()
 
     def combine(self, cond_out: torch.Tensor, uncond_out: torch.Tensor, multiplier: float = 1.0) -> torch.Tensor:
         return uncond_out + (cond_out - uncond_out) * (1.0 * self.cfg * multiplier)
@@ -338,11 +347,11 @@ def _t_denoiser(model: _Model, ac: torch.Tensor) -> timesteps.EpsModel:
     return eps
 
 
-def sigmas_for(p: Plan, table: ModelSigmas, steps: int, schedule_name: str | None = None) -> torch.Tensor:
-    """A1111's ``KDiffusionSampler.get_sigmas``: the schedule (``schedule_name`` for a hires pass)."""
+def sigmas_for(p: Plan, table: ModelSigmas, steps: int) -> torch.Tensor:
+    """A1111's ``KDiffusionSampler.get_sigmas``: the schedule for ``steps`` steps."""
     discard = p.sampler.flag.get("discard_next_to_last_sigma", False) or p.discard_penultimate
     n = steps + (1 if discard else 0)
-    name = schedule_name or p.schedule_name
+    name = p.schedule_name
     if name == "automatic":
         name = p.sampler.default_schedule or "uniform"
     sigmas = compute(name, n, table, p.schedule_opts)
@@ -352,18 +361,19 @@ def sigmas_for(p: Plan, table: ModelSigmas, steps: int, schedule_name: str | Non
 def sample_latent(unet: torch.nn.Module, cond: Cond, uncond: Cond, params: Mapping[str, Any], *,
                   alphas_cumprod: torch.Tensor, init_latent: torch.Tensor | None = None,
                   noise: torch.Tensor | None = None, rng: ImageRNG | None = None, hires_steps: int | None = None,
-                  hires_schedule: str | None = None, prediction_type: str = "epsilon", sdxl: bool = False,
+                  prediction_type: str = "epsilon", sdxl: bool = False,
                   callback: StepCallback | None = None, interrupted: Callable[[], bool] | None = None,
-                  model_calls: list[int] | None = None) -> torch.Tensor:
+                  model_calls: list[int] | None = None, device: torch.device | None = None) -> torch.Tensor:
     """The final latent A1111 gives for ``params`` with this UNet and fixed conditioning.
 
     txt2img by default; with ``init_latent`` it is img2img at "Denoising strength" (``hires_steps`` makes it a
-    hires fix second pass, with ``hires_schedule`` its schedule). ``noise`` replaces the initial noise draw (the
+    hires fix second pass: that many steps, whatever the strength). ``noise`` replaces the initial noise draw (the
     per-image streams still give the later draws); ``rng`` passes a stream in use. ``callback(step, total, x,
-    denoised)`` sees every sampler step; when ``interrupted()`` turns true the latest latent is returned.
+    denoised)`` sees every sampler step; when ``interrupted()`` turns true the latest x0 prediction is returned
+    (A1111's behaviour). ``device`` is where to compute (default: the UNet's; give it under CPU offload).
     """
     p = plan(params)
-    device = next(unet.parameters()).device
+    device = device or next(unet.parameters()).device
     shape = (4, p.height // 8, p.width // 8) if init_latent is None else tuple(init_latent.shape[1:])
     rng = rng or p.image_rng(shape, device)
     first = rng.next()
@@ -375,7 +385,7 @@ def sample_latent(unet: torch.nn.Module, cond: Cond, uncond: Cond, params: Mappi
     total = [p.steps]
 
     def report(i: int, x: torch.Tensor, denoised: torch.Tensor) -> None:
-        latest[0] = x
+        latest[0] = denoised if torch.isfinite(denoised).all() else x
         if callback is not None:
             callback(i, total[0], x, denoised)
 
@@ -388,7 +398,7 @@ def sample_latent(unet: torch.nn.Module, cond: Cond, uncond: Cond, params: Mappi
         if p.sampler.kind == "timesteps":
             x = _run_timesteps(p, model, ac, noise, init_latent, hires_steps, run, total)
         else:
-            x = _run_k(p, model, ac, noise, init_latent, hires_steps, hires_schedule, run, total, rng)
+            x = _run_k(p, model, ac, noise, init_latent, hires_steps, run, total, rng)
     except Interrupted:
         x = latest[0]
     if model_calls is not None:
@@ -397,7 +407,7 @@ def sample_latent(unet: torch.nn.Module, cond: Cond, uncond: Cond, params: Mappi
 
 
 def _run_k(p: Plan, model: _Model, ac: torch.Tensor, noise: torch.Tensor, init: torch.Tensor | None,
-           hires_steps: int | None, hires_schedule: str | None, run: Run, total: list[int],
+           hires_steps: int | None, run: Run, total: list[int],
            rng: ImageRNG) -> torch.Tensor:
     device = noise.device
     table = (LCMSigmas(ac) if p.sampler.kind == "lcm" else ModelSigmas(ac)).to(device)
@@ -408,7 +418,7 @@ def _run_k(p: Plan, model: _Model, ac: torch.Tensor, noise: torch.Tensor, init: 
         n_fast, lo, hi = p.steps, table.sigma_min, table.sigma_max
     else:
         steps, t_enc = img2img_steps(p, hires_steps)
-        sigmas = sigmas_for(p, table, steps, hires_schedule).to(device)
+        sigmas = sigmas_for(p, table, steps).to(device)
         sched = sigmas[steps - t_enc - 1:]
         noise = noise * p.noise_multiplier if hires_steps is None else noise
         x = init + noise * sched[0]

@@ -9,12 +9,15 @@ trailing 0, Beta linear in sigma) are the point of computing them here rather th
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import stats
+
+from hypernet.errors import HypernetError
 
 # Align Your Steps presets (NVIDIA's published 10-step sigmas) for SD 1.x/2.x and for SDXL.
 AYS_SD15 = [14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029]
@@ -198,3 +201,21 @@ def compute(name: str, n: int, model: ModelSigmas, opts: ScheduleOptions) -> tor
         "beta": lambda: beta(n, lo, hi, opts.beta_alpha, opts.beta_beta),
     }
     return functions[name]()
+
+
+def alphas_cumprod_for(config: Mapping[str, Any]) -> torch.Tensor:
+    """A model's training ``alphas_cumprod`` computed as ldm does (float64, stored float32), from a diffusers
+    scheduler config; diffusers' own float32 cumprod differs in the last digits, and A1111 uses ldm's."""
+    n = int(config.get("num_train_timesteps", 1000))
+    start, end = float(config.get("beta_start", 0.00085)), float(config.get("beta_end", 0.012))
+    kind = config.get("beta_schedule", "scaled_linear")
+    if config.get("trained_betas") is not None:
+        betas = torch.tensor(config["trained_betas"], dtype=torch.float64)
+    elif kind == "scaled_linear":
+        betas = torch.linspace(start ** 0.5, end ** 0.5, n, dtype=torch.float64) ** 2
+    elif kind == "linear":
+        betas = torch.linspace(start, end, n, dtype=torch.float64)
+    else:
+        raise HypernetError(f'the scheduler config\'s beta_schedule "{kind}" is not supported; expected '
+                            '"scaled_linear" or "linear" (Stable Diffusion\'s).')
+    return torch.cumprod(1.0 - betas, dim=0).to(torch.float32)

@@ -13,9 +13,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hypernet.engine.hires import IMAGE_UPSCALERS, LATENT_MODES
 from hypernet.engine.infotext import parse_infotext, read_infotext
+from hypernet.engine.upscalers import list_esrgan
 from hypernet.errors import HypernetError
-from hypernet.server import extra_networks, hypernetworks
+from hypernet.sampling import SAMPLERS, SCHEDULES
+from hypernet.server import export, extra_networks, hypernetworks
 from hypernet.server.generation import plan_request, respond, run_plan
 from hypernet.server.jobs import ClientGone, JobCancelled, wait_for_job
 from hypernet.server.models import M
@@ -83,6 +86,7 @@ def build_router(state: ServerState) -> APIRouter:
         return None
 
     hypernetworks.add_routes(api, state)
+    export.add_routes(api, state)
 
     # ------------------------------------------------------------------ settings and control
     @api.get("/options")
@@ -140,15 +144,11 @@ def build_router(state: ServerState) -> APIRouter:
 
     @api.get("/samplers", response_model=list[M.SamplerItem])
     def samplers() -> Any:
-        from hypernet.engine.samplers import SAMPLERS
-
-        return [s.as_api() for s in SAMPLERS if s.supported]
+        return [s.as_api() for s in SAMPLERS]
 
     @api.get("/schedulers", response_model=list[M.SchedulerItem])
     def schedulers() -> Any:
-        from hypernet.engine.samplers import SCHEDULES
-
-        return [s.as_api() for s in SCHEDULES if s.config is not None]
+        return [s.as_api() for s in SCHEDULES]
 
     # ------------------------------------------------------------------ images
     @api.post("/png-info", response_model=M.PNGInfoResponse)
@@ -162,7 +162,8 @@ def build_router(state: ServerState) -> APIRouter:
     # ------------------------------------------------------------------ honest lists of what we do not have
     @api.get("/scripts", response_model=M.ScriptsList)
     def scripts() -> Any:
-        return {"txt2img": [], "img2img": []}
+        """A1111's built-in X/Y/Z plot (``script_name: "x/y/z plot"``) on txt2img; no other scripts."""
+        return {"txt2img": ["x/y/z plot"], "img2img": []}
 
     @api.get("/script-info")
     def script_info() -> list[Any]:
@@ -170,8 +171,18 @@ def build_router(state: ServerState) -> APIRouter:
 
     extra_networks.add_routes(api, state)  # /loras, /embeddings and their refresh calls
 
-    for path in ("/upscalers", "/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models",
-                 "/latent-upscale-modes", "/extensions"):
+    @api.get("/upscalers")
+    def upscalers() -> Any:
+        return [*({"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                  for name in IMAGE_UPSCALERS),
+                *({"name": name, "model_name": "ESRGAN", "model_path": str(path), "model_url": None, "scale": 4}
+                  for name, path in list_esrgan(state.config.esrgan_dir).items())]
+
+    @api.get("/latent-upscale-modes")
+    def latent_upscale_modes() -> Any:
+        return [{"name": name} for name in LATENT_MODES]
+
+    for path in ("/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models", "/extensions"):
         api.add_api_route(path, _empty_list, methods=["GET"], name=path.strip("/"))
     for path in ("/refresh-vae",):
         api.add_api_route(path, _nothing, methods=["POST"], name=path.strip("/"))

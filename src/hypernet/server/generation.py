@@ -30,7 +30,7 @@ from hypernet.server.state import ServerState
 
 # Request fields we accept but do not implement: a warning in ``info`` says so, as they change the result.
 UNSUPPORTED_FLAGS = {
-    "enable_hr": "hires fix (enable_hr) is not supported; the image is generated at width x height",
+    "hr_checkpoint_name": "hr_checkpoint_name is not supported; the hires pass used the loaded model",
     "restore_faces": "restore_faces is not supported and was ignored",
     "tiling": "tiling is not supported and was ignored",
 }
@@ -46,7 +46,32 @@ INFOTEXT_FIELDS = {
     "Size-1": ("width", int),
     "Size-2": ("height", int),
     "Denoising strength": ("denoising_strength", float),
+    "Variation seed": ("subseed", int),
+    "Variation seed strength": ("subseed_strength", float),
+    "Hires upscale": ("hr_scale", float),
+    "Hires upscaler": ("hr_upscaler", str),
+    "Hires steps": ("hr_second_pass_steps", int),
+    "Hires sampler": ("hr_sampler_name", str),
+    "Hires schedule type": ("hr_scheduler", str),
+    "Hires prompt": ("hr_prompt", str),
+    "Hires negative prompt": ("hr_negative_prompt", str),
 }
+# A1111 settings that steer sampling -> the infotext field hypernet.sampling reads them as.
+SAMPLER_OPTIONS = {
+    "eta_ancestral": "Eta ancestral", "eta_ddim": "Eta DDIM", "s_churn": "Sigma churn", "s_tmin": "Sigma tmin",
+    "s_tmax": "Sigma tmax", "s_noise": "Sigma noise", "sigma_min": "Schedule min sigma",
+    "sigma_max": "Schedule max sigma", "rho": "Schedule rho",
+    "always_discard_next_to_last_sigma": "Discard penultimate sigma", "sgm_noise_multiplier": "SGM noise multiplier",
+    "uni_pc_variant": "UniPC variant", "uni_pc_skip_type": "UniPC skip type", "uni_pc_order": "UniPC order",
+    "uni_pc_lower_order_final": "UniPC lower order final", "beta_dist_alpha": "Beta schedule alpha",
+    "beta_dist_beta": "Beta schedule beta", "img2img_fix_steps": "img2img fix steps",
+    "initial_noise_multiplier": "Noise multiplier", "img2img_extra_noise": "Extra noise",
+}
+
+
+# txt2img request fields that go to Settings unchanged (the hires fix)
+HIRES_SETTINGS = ("enable_hr", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x", "hr_resize_y",
+                  "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
 
 
 @dataclass
@@ -58,6 +83,7 @@ class Plan:
     settings: Any  # hypernet.engine.generate.Settings
     overrides: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    plot: Any = None  # hypernet.grid.plot.Plot when script_name is "x/y/z plot"
 
 
 @dataclass
@@ -73,18 +99,20 @@ class Outcome:
     skipped: int = 0
     seconds: float = 0.0
     model: Any = None  # the ModelInfo it ran on (an override may have switched models for this request only)
+    plot: Any = None  # hypernet.grid.plot.PlotResult of an X/Y/Z plot
 
 
 def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
     """Validate a txt2img/img2img request against the loaded model and the limits (raises 4xx errors)."""
     from hypernet.engine.generate import Settings
-    from hypernet.engine.samplers import make_scheduler
     from hypernet.prompt.tags import parse_batch, parse_prompt
+    from hypernet.sampling import resolve_sampler
+    from hypernet.server.xyz import is_plot, plan_plot
 
     values = with_defaults(request)
     if values.get("infotext"):
         _fill_from_infotext(values, request.model_fields_set)
-    if values["script_name"]:
+    if values["script_name"] and not (kind == "txt2img" and is_plot(values["script_name"])):
         raise ApiError(422, f"Script '{values['script_name']}' not found")
     for name in values["alwayson_scripts"] or {}:
         raise ApiError(422, f"always on script {name} not found")
@@ -97,8 +125,6 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
     option = lambda key: overrides.get(key, state.option(key))  # noqa: E731
 
     warnings = [message for key, message in UNSUPPORTED_FLAGS.items() if values.get(key)]
-    if values["subseed_strength"]:
-        warnings.append("variation seeds (subseed_strength) are not supported and were ignored")
     if values["styles"]:
         warnings.append(f"prompt styles {values['styles']} are unknown here (no styles are defined) and were ignored")
     init_image = None
@@ -138,12 +164,28 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
         denoising_strength=values["denoising_strength"] if values["denoising_strength"] is not None else 0.75,
         sd_hypernetwork=sd_hypernetwork,
         extra_networks_default_multiplier=float(option("extra_networks_default_multiplier")),
+        rng=str(option("randn_source")),
+        subseed=values["subseed"],
+        subseed_strength=values["subseed_strength"] or 0.0,
+        seed_resize_from_w=values["seed_resize_from_w"] or 0,
+        seed_resize_from_h=values["seed_resize_from_h"] or 0,
+        ensd=int(option("eta_noise_seed_delta") or 0),
+        eta=values["eta"],
+        sampler_params={name: option(key) for key, name in SAMPLER_OPTIONS.items()},
+        **{key: values[key] for key in HIRES_SETTINGS if kind == "txt2img"},
     )
+    if settings.enable_hr and values["denoising_strength"] is None:
+        raise ApiError(422, "denoising_strength: the hires fix (enable_hr) needs it, e.g. 0.7.")
     settings.check()
     generator = state.model.generator
-    make_scheduler(settings.sampler_name, settings.scheduler, generator.pipe.scheduler.config)  # names, early
+    resolve_sampler(settings.sampler_name, settings.scheduler)  # names, early
+    if settings.enable_hr:
+        generator.check_upscaler(settings.hr_upscaler)
+    if settings.enable_hr and (settings.hr_sampler_name or settings.hr_scheduler):
+        resolve_sampler(settings.hr_sampler_name or settings.sampler_name, settings.hr_scheduler or "Automatic")
     parse_batch([settings.prompt], generator.available(), sd_hypernetwork=settings.sd_hypernetwork)  # names, early
-    return Plan(kind, values, settings, overrides, warnings)
+    plot = plan_plot(state, values["script_args"], settings) if values["script_name"] else None
+    return Plan(kind, values, settings, overrides, warnings, plot)
 
 
 def _fill_from_infotext(values: dict[str, Any], explicitly_set: set[str]) -> None:
@@ -192,9 +234,14 @@ def run_plan(state: ServerState, plan: Plan, job: Job) -> Outcome:
 
 def _generate(state: ServerState, plan: Plan, job: Job) -> Outcome:
     from hypernet.engine.generate import Hooks
+    from hypernet.server.xyz import run_plot_job
 
     generator = state.model.generator
     s = plan.settings
+    if plan.plot is not None:
+        result = run_plot_job(state, plan.plot, s, job)
+        return Outcome(result.images, result.infotexts, result.cell_seeds, [], plan.warnings + result.warnings,
+                       result.interrupted, model=generator.info, plot=result)
     per_batch = _steps_run(s)
     job.job_count, job.sampling_steps = s.n_iter, per_batch
     outcome = Outcome(warnings=list(plan.warnings), model=generator.info)
@@ -224,21 +271,22 @@ def _generate(state: ServerState, plan: Plan, job: Job) -> Outcome:
 
 
 def _steps_run(s: Any) -> int:
-    """How many sampling steps the pipeline runs: img2img runs ``steps * strength`` (at least one)."""
-    if s.init_image is None:
-        return s.steps
-    steps = s.steps if int(s.steps * s.denoising_strength) >= 1 else math.ceil(1 / s.denoising_strength)
-    return max(1, steps - int(max(steps - min(steps * s.denoising_strength, steps), 0)))
+    """Progress units per batch: the Generator reports every batch as ``steps`` steps (img2img and hires too)."""
+    return s.steps
 
 
 def respond(state: ServerState, plan: Plan, outcome: Outcome) -> dict[str, Any]:
     """A1111's response: raw base64 images, the request echoed with defaults, and ``info`` as a JSON string."""
+    from hypernet.server.xyz import save_plot_images
+
     option = lambda key: plan.overrides.get(key, state.option(key))  # noqa: E731
     fmt = str(option("samples_format")).lower()
     with_info = bool(option("enable_pnginfo"))
     encoded = [image_bytes(image, text if with_info else None, fmt, int(option("jpeg_quality")))
                for image, text in zip(outcome.images, outcome.infotexts)]
-    if plan.values["save_images"]:
+    if plan.values["save_images"] and outcome.plot is not None:
+        save_plot_images(state, outcome.plot, fmt)
+    elif plan.values["save_images"]:
         _save(state, plan, outcome, fmt)
     parameters = dict(plan.values)
     if plan.kind == "img2img":
@@ -364,7 +412,7 @@ class PreviewHook:
         sample = args[0] if args else kwargs["sample"]
         t = args[1] if len(args) > 1 else kwargs["timestep"]
         prediction = output[0] if isinstance(output, tuple) else output.sample
-        i = sample.shape[0] // 2 if sample.shape[0] == 2 * self.batch_size else 0  # CFG: [uncond, cond]
+        i = 0  # hypernet.sampling batches CFG as [cond, uncond], as A1111 does: the first image's cond
         x, e = sample[i : i + 1].float(), prediction[i : i + 1].float()
         a = self._alpha(t)
         x0 = math.sqrt(a) * x - math.sqrt(1 - a) * e if self.v_prediction else (x - math.sqrt(1 - a) * e) / math.sqrt(a)

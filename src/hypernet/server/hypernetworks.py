@@ -15,28 +15,23 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from hypernet.defaults import DEFAULT_WIDTHS
 from hypernet.errors import HypernetError
+from hypernet.network import Hypernetwork, parse_numbers, sanitize_name
 from hypernet.server.jobs import Job, wait_for_job
 from hypernet.server.security import ApiError, check_plain_name, confine
-from hypernet.server.state import OPTION_DEFAULTS, ServerState
+from hypernet.server.state import OPTION_DEFAULTS, ServerState, TrainingRecord
 
 log = logging.getLogger("hypernet.server")
 
-DEFAULT_SIZES = (768, 320, 640, 1280)
-
-
 def create_hypernetwork(state: ServerState, body: dict[str, Any]) -> Path:
     """A1111's "Create hypernetwork" with its keyword arguments; returns the written ``.pt`` file."""
-    from hypernet.cli import sanitize_name
-    from hypernet.network import Hypernetwork
-    from hypernet.network.hypernetwork import parse_numbers
-
     name = check_plain_name(str(body.get("name") or ""), "name")
     clean = sanitize_name(name)
     if not clean.strip("."):
         raise ApiError(403, f"name {name!r} must be a plain name, not a path.")
     try:
-        sizes = [int(s) for s in body.get("enable_sizes") or DEFAULT_SIZES]
+        sizes = [int(s) for s in body.get("enable_sizes") or DEFAULT_WIDTHS]
     except (TypeError, ValueError):
         raise HypernetError(f"enable_sizes {body.get('enable_sizes')!r} must be integers, e.g. [768, 320, 640, 1280].") from None
     layers = parse_numbers(body.get("layer_structure") or "1, 2, 1", "layer_structure")
@@ -138,7 +133,6 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
 
     def run(job: Job) -> Any:
         generator = state.model.generator
-        generator.stack.set([])
         losses: list[tuple[int, float]] = []
         live: dict[str, Any] = {"name": config.name, "phase": "preparing", "step": 0, "final_step": config.steps,
                                 "start_step": 0, "loss": None, "loss_avg": None, "learn_rate": None, "message": ""}
@@ -159,34 +153,32 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
                 shown_preview[0] = p.last_preview
                 job.preview_png = Path(p.last_preview).read_bytes()
 
-        record: dict[str, Any] = {"name": config.name, "losses": losses, "live": live, "result": None, "error": None}
-        state.last_training = record
+        record = state.last_training = TrainingRecord(config.name, live, losses)
         try:
             result = train_hypernetwork(config, pipe=generator.pipe, info=generator.info, progress=progress,
                                         should_stop=lambda: job.interrupted)
         except Exception as e:
-            record["error"] = str(e)
+            record.error = str(e)
             raise
         finally:
-            generator.stack.set([])
-            record["preview_png"] = job.preview_png
-        record["result"] = result
+            record.preview_png = job.preview_png
+        record.result = result
         return result
 
     return run
 
 
-def training_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+def training_summary(record: TrainingRecord | None) -> dict[str, Any] | None:
     """The last run's outcome for ``/progress`` once it is over, so that ``?async=true`` clients learn how it ended."""
-    if record is None or (record["result"] is None and record["error"] is None):
+    if record is None or (record.result is None and record.error is None):
         return None
-    summary = dict(record["live"])
-    result = record["result"]
+    summary = dict(record.live)
+    result = record.result
     if result is not None:
         summary |= {"phase": "done", "step": result.step, "stopped": result.stopped, "message": result.message,
                     "filename": result.filename, "log_directory": result.log_directory}
     else:
-        summary |= {"phase": "failed", "stopped": "error", "message": record["error"]}
+        summary |= {"phase": "failed", "stopped": "error", "message": record.error}
     return summary
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hypernet.defaults import A1111_EMBEDDINGS_DIR, A1111_HYPERNETWORK_DIR, A1111_LORA_DIR, TOY_CHECKPOINT, TOY_NOTE
 from hypernet.errors import HypernetError
 from hypernet.server.jobs import JobQueue
 
@@ -51,10 +52,45 @@ OPTION_DEFAULTS: Mapping[str, Any] = {
     "unload_models_when_training": False,
     "pin_memory": False,
     "sd_vae": "Automatic",
+    # sampler settings (A1111's names and defaults); hypernet.sampling reads them as infotext fields
+    "randn_source": "GPU",
+    "eta_noise_seed_delta": 0,
+    "eta_ancestral": 1.0,
+    "eta_ddim": 0.0,
+    "s_churn": 0.0,
+    "s_tmin": 0.0,
+    "s_tmax": 0.0,
+    "s_noise": 1.0,
+    "sigma_min": 0.0,
+    "sigma_max": 0.0,
+    "rho": 0.0,
+    "always_discard_next_to_last_sigma": False,
+    "sgm_noise_multiplier": False,
+    "uni_pc_variant": "bh1",
+    "uni_pc_skip_type": "time_uniform",
+    "uni_pc_order": 3,
+    "uni_pc_lower_order_final": True,
+    "beta_dist_alpha": 0.6,
+    "beta_dist_beta": 0.6,
+    "img2img_fix_steps": False,
+    "initial_noise_multiplier": 1.0,
+    "img2img_extra_noise": 0.0,
     "api_enable_requests": False,  # we never fetch image URLs (A1111: True); not changeable over the API
     "api_forbid_local_requests": True,
 }
 READ_ONLY_OPTIONS = frozenset({"sd_checkpoint_hash", "api_enable_requests", "api_forbid_local_requests"})
+
+
+@dataclass
+class TrainingRecord:
+    """The server's last training run, as the training job leaves it for ``/progress`` and the web UI's chart."""
+
+    name: str
+    live: dict[str, Any]  # the latest progress, in the shape ``/progress`` reports under "training"
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    result: Any = None  # the TrainResult once the run has ended
+    error: str | None = None  # why it failed, if it raised
+    preview_png: bytes | None = None  # the last preview, kept once the job is gone
 
 
 @dataclass(frozen=True)
@@ -75,9 +111,10 @@ class ServerConfig:
 
     ckpt: Path | None = None
     models_dir: Path = Path("models/Stable-diffusion")
-    hypernetwork_dir: Path = Path("models/hypernetworks")
-    lora_dir: Path = Path("models/Lora")
-    embeddings_dir: Path = Path("embeddings")
+    hypernetwork_dir: Path = A1111_HYPERNETWORK_DIR
+    esrgan_dir: Path = Path("models/ESRGAN")
+    lora_dir: Path = A1111_LORA_DIR
+    embeddings_dir: Path = A1111_EMBEDDINGS_DIR
     data_dir: Path = Path("training_data")
     log_dir: Path = Path("textual_inversion")
     outputs_dir: Path = Path("outputs")
@@ -93,8 +130,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         # absolute, so that answers (A1111 lists full paths) and confinement do not depend on a later chdir
-        for name in ("ckpt", "models_dir", "hypernetwork_dir", "lora_dir", "embeddings_dir", "data_dir", "log_dir",
-                     "outputs_dir"):
+        for name in ("ckpt", "models_dir", "hypernetwork_dir", "lora_dir", "embeddings_dir", "esrgan_dir", "data_dir",
+                     "log_dir", "outputs_dir"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).expanduser().absolute())
@@ -106,6 +143,8 @@ class ServerConfig:
             "ckpt_dir": str(self.models_dir),
             "models_dir": str(self.models_dir),
             "hypernetwork_dir": str(self.hypernetwork_dir),
+            "esrgan_dir": str(self.esrgan_dir),
+            "esrgan_models_path": str(self.esrgan_dir),
             "lora_dir": str(self.lora_dir),
             "embeddings_dir": str(self.embeddings_dir),
             "data_dir": str(self.data_dir),
@@ -167,7 +206,7 @@ class ServerState:
         self.jobs = JobQueue()
         self._options: dict[str, Any] = dict(OPTION_DEFAULTS) | training_defaults()
         self._options_lock = threading.Lock()
-        self.last_training: dict[str, Any] | None = None  # the UI shows the finished run's losses
+        self.last_training: TrainingRecord | None = None  # the UI shows the finished run's losses
         self.checkpoints = self.scan_checkpoints()
 
     @classmethod
@@ -180,10 +219,8 @@ class ServerState:
         elif found:
             chosen = found[0]
         else:  # nothing of the user's: the embedded toy model, so a fresh install serves something real
-            from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE
-
-            log.warning("%s; pass --ckpt FILE or put checkpoints in %s", DEFAULT_NOTE, config.models_dir)
-            chosen = Checkpoint(CHECKPOINT, CHECKPOINT.name)
+            log.warning("%s; pass --ckpt FILE or put checkpoints in %s", TOY_NOTE, config.models_dir)
+            chosen = Checkpoint(TOY_CHECKPOINT, TOY_CHECKPOINT.name)
         return cls(config, load_model(chosen, config))
 
     # ------------------------------------------------------------------ checkpoints
@@ -304,28 +341,14 @@ def scan_checkpoints(config: ServerConfig) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.name.lower())
 
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
 def load_model(checkpoint: Checkpoint, config: ServerConfig) -> LoadedModel:
     """Load a checkpoint onto the configured device, as ``hypernet generate`` does (same memory options)."""
-    import torch
+    from hypernet.engine.generate import Generator
+    from hypernet.engine.loading import open_model
 
-    from hypernet.engine.checkpoints import load_pipeline
-    from hypernet.engine.generate import Generator, apply_memory_options
-
-    if config.precision not in PRECISIONS:
-        raise HypernetError(f"--precision {config.precision!r} must be one of {', '.join(PRECISIONS)}.")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.precision]
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    log.info("loading %s (%s, %s)", checkpoint.path, device, config.precision)
-    pipe, info = load_pipeline(checkpoint.path, dtype=dtype)
-    if not (config.medvram or config.lowvram):
-        try:
-            pipe.to(device)
-        except (RuntimeError, AssertionError) as e:
-            raise HypernetError(f"--device {device}: the model cannot be moved there ({e}).") from None
-    apply_memory_options(pipe, medvram=config.medvram, lowvram=config.lowvram)
+    log.info("loading %s (%s, %s)", checkpoint.path, config.device or "default device", config.precision)
+    pipe, info = open_model(checkpoint.path, precision=config.precision, device=config.device,
+                            medvram=config.medvram, lowvram=config.lowvram)
     named = Checkpoint(checkpoint.path, checkpoint.name, info.short_hash)
-    return LoadedModel(named, Generator(pipe, info, config.hypernetwork_dir, lora_dirs=[config.lora_dir],
-                                        embeddings_dir=config.embeddings_dir))
+    return LoadedModel(named, Generator(pipe, info, config.hypernetwork_dir, config.esrgan_dir,
+                                        lora_dirs=[config.lora_dir], embeddings_dir=config.embeddings_dir))

@@ -52,6 +52,7 @@ def tiny_server_config(root: str | Path, *, ui: bool = False, api_auth: tuple[tu
         ckpt=checkpoint,
         models_dir=checkpoint.parent,
         hypernetwork_dir=networks,
+        esrgan_dir=root / "models" / "ESRGAN",
         lora_dir=root / "models" / "Lora",
         embeddings_dir=root / "embeddings",
         data_dir=data,

@@ -21,18 +21,26 @@ from fastapi import FastAPI  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from hypernet.engine.attention import attention_widths  # noqa: E402
+from hypernet.engine.hires import UPSCALERS  # noqa: E402
 from hypernet.engine.infotext import parse_infotext, read_infotext  # noqa: E402
+from hypernet.engine.upscalers import list_esrgan  # noqa: E402
+from hypernet.engine.paste import settings_from_infotext  # noqa: E402
 from hypernet.errors import HypernetError  # noqa: E402
+from hypernet.network import describe_file  # noqa: E402
+from hypernet.sampling import resolve_sampler  # noqa: E402
+from hypernet.server.export_ui import export_panel  # noqa: E402
 from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: E402
 from hypernet.server.hypernetworks import create_hypernetwork  # noqa: E402
 from hypernet.server.models import M  # noqa: E402
 from hypernet.server.state import ServerState  # noqa: E402
 from hypernet.server.ui_networks import network_tabs  # noqa: E402
+from hypernet.server.ui_grid import XYZControls  # noqa: E402
 
 CSS = """
 #hn_cards .caption-label { white-space: normal; }
 .hn-note { font-size: 0.9em; opacity: 0.8; }
 """
+SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"  # A1111's hires "same as first pass"
 PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".jpeg", ".webp")
 ACTIVATIONS = ["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "celu", "gelu", "glu", "hardshrink",
                "hardsigmoid", "hardtanh", "hardswish", "logsigmoid", "mish", "prelu", "relu6", "rrelu", "selu",
@@ -52,15 +60,15 @@ def _user_error(error: Exception) -> gr.Error:
 
 
 def _sampler_names() -> list[str]:
-    from hypernet.engine.samplers import SAMPLERS
+    from hypernet.sampling import SAMPLERS
 
-    return [s.name for s in SAMPLERS if s.supported]
+    return [s.name for s in SAMPLERS]
 
 
 def _schedule_labels() -> list[str]:
-    from hypernet.engine.samplers import SCHEDULES
+    from hypernet.sampling import SCHEDULES
 
-    return [s.label for s in SCHEDULES if s.config is not None]
+    return [s.label for s in SCHEDULES]
 
 
 def _context_widths(pipe: Any) -> list[int]:
@@ -82,8 +90,6 @@ def build_ui(state: ServerState) -> gr.Blocks:
     described: dict[str, tuple[float, dict[str, Any]]] = {}  # path -> (mtime, describe_file) cache
 
     def describe(path: Path) -> dict[str, Any]:
-        from hypernet.cli import describe_file
-
         mtime = path.stat().st_mtime
         hit = described.get(str(path))
         if hit is None or hit[0] != mtime:
@@ -185,6 +191,40 @@ def build_ui(state: ServerState) -> gr.Blocks:
                             with gr.Row():
                                 c["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id=f"{kind}_cfg")
                                 c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{kind}_seed")
+                            with gr.Accordion("Variation seed", open=False), gr.Row():
+                                c["subseed"] = gr.Number(value=-1, precision=0, label="Variation seed",
+                                                         elem_id=f"{kind}_subseed")
+                                c["subseed_strength"] = gr.Slider(0.0, 1.0, value=0.0, step=0.01,
+                                                                  label="Variation strength", elem_id=f"{kind}_subseed_strength")
+                            if kind == "txt2img":
+                                with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
+                                    c["enable_hr"] = gr.Checkbox(label="Hires. fix", elem_id="txt2img_enable_hr")
+                                    with gr.Row():
+                                        c["hr_upscaler"] = gr.Dropdown([*UPSCALERS, *list_esrgan(state.config.esrgan_dir)],
+                                                                       value="Latent", label="Upscaler",
+                                                                       elem_id="txt2img_hr_upscaler")
+                                        c["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                                                              elem_id="txt2img_hires_steps")
+                                    with gr.Row():
+                                        c["denoising_strength"] = gr.Slider(0.0, 1.0, value=0.7, step=0.01,
+                                                                            label="Denoising strength",
+                                                                            elem_id="txt2img_denoising_strength")
+                                        c["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
+                                                                  elem_id="txt2img_hr_scale")
+                                    with gr.Row():  # A1111's choices; "Use same ..." is the first pass's
+                                        c["hr_sampler_name"] = gr.Dropdown([SAME_SAMPLER, *samplers], value=SAME_SAMPLER,
+                                                                           label="Hires sampling method",
+                                                                           elem_id="hr_sampler")
+                                        c["hr_scheduler"] = gr.Dropdown([SAME_SCHEDULER, *schedules],
+                                                                        value=SAME_SCHEDULER, label="Hires schedule type",
+                                                                        elem_id="hr_scheduler")
+                                    c["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+                                                                placeholder="Leave empty to use the same prompt.")
+                                    c["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2,
+                                                                         elem_id="hires_neg_prompt",
+                                                                         placeholder="Leave empty to use the same "
+                                                                                     "negative prompt.")
+                            c["script"] = XYZControls().inputs if kind == "txt2img" else []
                         with gr.Column():
                             c["gallery"] = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{kind}_gallery",
                                                       height=420)
@@ -203,6 +243,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
                 gallery = gr.Gallery(label="Hypernetworks", columns=6, fit_columns=False, allow_preview=False,
                                      elem_id="hn_cards", height="auto", object_fit="contain")
                 table = gr.Markdown(elem_id="hn_table")
+                export_panel(state)
 
             network_tabs(state, tabs, _placeholder_card)  # Lora and Textual Inversion cards
 
@@ -234,17 +275,27 @@ def build_ui(state: ServerState) -> gr.Blocks:
                     png_image = gr.Image(label="Image", type="filepath", elem_id="pnginfo_image", height=320)
                     with gr.Column():
                         png_text = gr.Textbox(label="Parameters", lines=6, elem_id="pnginfo_text", buttons=["copy"])
+                        png_to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
                         png_parsed = gr.JSON(label="Parsed", elem_id="pnginfo_parsed")
 
         # -------------------------------------------------------------------- events
         for kind, c in tabs.items():
             names = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height",
-                     "batch_size", "n_iter", "cfg_scale", "seed"] + (["init_image", "denoising_strength"] if kind == "img2img" else [])
+                     "batch_size", "n_iter", "cfg_scale", "seed", "subseed", "subseed_strength"] + (
+                ["init_image", "denoising_strength"] if kind == "img2img" else
+                ["enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_sampler_name",
+                 "hr_scheduler", "hr_prompt", "hr_negative_prompt"])
 
             def on_generate(*values: Any, kind: str = kind, names: list[str] = names) -> Iterator[tuple[Any, str, str]]:
                 fields = dict(zip(names, values))
-                for key in ("steps", "width", "height", "batch_size", "n_iter", "seed"):
-                    fields[key] = int(fields[key] if fields[key] is not None else -1)
+                if kind == "txt2img":
+                    fields |= XYZControls.fields(list(values[len(names):]))
+                for key in ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed", "hr_second_pass_steps"):
+                    if key in fields:
+                        fields[key] = int(fields[key] if fields[key] is not None else -1)
+                for key, same in (("hr_sampler_name", SAME_SAMPLER), ("hr_scheduler", SAME_SCHEDULER)):
+                    if fields.get(key) == same:
+                        fields[key] = None
                 init = fields.pop("init_image", None)
                 if kind == "img2img":
                     if init is None:
@@ -254,7 +305,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
                     fields["init_images"] = [encode_png_b64(init)]
                 yield from generate(kind, fields)
 
-            c["go"].click(on_generate, [c[n] for n in names], [c["gallery"], c["info"], c["status"]],
+            c["go"].click(on_generate, [c[n] for n in names] + c["script"], [c["gallery"], c["info"], c["status"]],
                           concurrency_limit=None)
             c["interrupt"].click(state.jobs.interrupt, None, None, queue=False)
             c["skip"].click(state.jobs.skip, None, None, queue=False)
@@ -307,6 +358,26 @@ def build_ui(state: ServerState) -> gr.Blocks:
             return text or "", parse_infotext(text) if text else {"note": "this image holds no generation parameters"}
 
         png_image.change(on_png, png_image, [png_text, png_parsed])
+
+        pasted_names = [n for n in tabs["txt2img"]
+                        if n not in ("go", "interrupt", "skip", "gallery", "status", "info", "script")]
+
+        def send_to_txt2img(text: str) -> list[Any]:
+            """A1111's "Send to txt2img": every field of the infotext that txt2img has; the rest is listed."""
+            if not text:
+                raise gr.Error("There are no generation parameters to send.", print_exception=False)
+            try:
+                values, ignored = settings_from_infotext(text)
+                if "sampler_name" in values:  # an old combined name ("DPM++ 2M Karras") becomes both dropdowns
+                    sampler, schedule = resolve_sampler(values["sampler_name"], values.get("scheduler") or "Automatic")
+                    values["sampler_name"], values["scheduler"] = sampler.name, schedule.label
+            except HypernetError as e:
+                raise gr.Error(str(e), print_exception=False) from None
+            note = f"Sent to txt2img; ignored: {', '.join(ignored)}" if ignored else "Sent to txt2img."
+            return [gr.update(value=values[n]) if n in values else gr.update() for n in pasted_names] + [note]
+
+        png_to_txt2img.click(send_to_txt2img, png_text,
+                             [tabs["txt2img"][n] for n in pasted_names] + [tabs["txt2img"]["status"]])
     return ui
 
 
@@ -441,17 +512,16 @@ class TrainingTabs:
             record = state.last_training
             if record is None:
                 return gr.skip(), gr.skip(), gr.skip(), shown
-            live, losses = record["live"], record["losses"]
-            result = record.get("result")
+            live, losses, result = record.live, record.losses, record.result
             if result is not None:
                 text = result.message
-            elif record.get("error"):
-                text = f"Training failed: {record['error']}"
+            elif record.error:
+                text = f"Training failed: {record.error}"
             else:
                 loss = f", loss {live['loss_avg']:.6f}" if live.get("loss_avg") is not None else ""
                 text = live.get("message") or f"Training {live['name']}: step {live['step']}/{live['final_step']}{loss}"
             job = state.jobs.current
-            png = job.preview_png if job is not None and job.name == "train-hypernetwork" else record.get("preview_png")
+            png = job.preview_png if job is not None and job.name == "train-hypernetwork" else record.preview_png
             count = len(losses)
             chart_value = gr.skip()
             if count != shown[0]:

@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.train.config import TrainConfig
 
 if TYPE_CHECKING:  # the loop imports torch and diffusers; the CLI loads it only when training
     from hypernet.train.loop import TrainProgress, TrainResult
 
-_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
+_HN_DIR = default_hypernetwork_dir()
 _D = TrainConfig()  # the defaults, shown in --help
 
 
@@ -71,13 +73,12 @@ def train(
     """Train a hypernetwork on a folder of images, like A1111's Train tab: resumable, NaN-safe, Ctrl-C saves."""
     from rich.console import Console
 
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
     from hypernet.train.loop import train_hypernetwork
 
     default_size = _D.training_width
     if model is None:
-        Console(stderr=True).print(f"[dim]{DEFAULT_NOTE}[/dim]")
-        model, default_size = str(CHECKPOINT), SIZE
+        Console(stderr=True).print(f"[dim]{TOY_NOTE}[/dim]")
+        model, default_size = str(TOY_CHECKPOINT), TOY_SIZE
     width, height = width or default_size, height or default_size
     given = {
         key: value

@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from hypernet.defaults import A1111_HYPERNETWORK_DIR, TRAIN_PRECISIONS
 from hypernet.errors import HypernetError
 
 CLIP_GRAD_MODES = ("disabled", "value", "norm")
 LATENT_SAMPLING_METHODS = ("once", "deterministic", "random")
-PRECISIONS = ("auto", "no", "fp16", "bf16")
 CHECKPOINTING = ("auto", "on", "off")
 
 
@@ -69,7 +69,7 @@ class TrainConfig:
     # ---- hypernet ----------------------------------------------------------------------------------------------
     model: str | None = None  # checkpoint file, diffusers folder or Hub id; not needed when a pipeline is passed
     vae: str | None = None
-    hypernetwork_dir: str = "models/hypernetworks"
+    hypernetwork_dir: str = str(A1111_HYPERNETWORK_DIR)
     templates_dir: str | None = None  # searched (recursively) besides hypernet's own templates; later names win
     resume_from: str | None = None  # train this file (e.g. a snapshot) instead of <hypernetwork_dir>/<name>
     seed: int | None = None  # None: a random seed, written to the settings JSON; resume exactly with the same one
@@ -140,8 +140,8 @@ class TrainConfig:
         if not 0 <= drop <= 1:
             raise HypernetError(f"tag_drop_out is {self.tag_drop_out}; expected a probability between 0 and 1.")
         self.tag_drop_out = drop
-        if self.precision not in PRECISIONS:
-            raise HypernetError(f'precision "{self.precision}" is unknown; expected one of: {", ".join(PRECISIONS)}.')
+        if self.precision not in TRAIN_PRECISIONS:
+            raise HypernetError(f'precision "{self.precision}" is unknown; expected one of: {", ".join(TRAIN_PRECISIONS)}.')
         if self.gradient_checkpointing not in CHECKPOINTING:
             raise HypernetError(
                 f'gradient_checkpointing "{self.gradient_checkpointing}" is unknown; expected one of: {", ".join(CHECKPOINTING)}.'
