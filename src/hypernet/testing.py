@@ -353,6 +353,7 @@ def save_tiny_esrgan(path: str | os.PathLike[str], layout: Literal["old", "new"]
         atomic_write_bytes(path, safetensors.torch.save({k: v.contiguous() for k, v in state.items()}))
     else:
         atomic_write_with(path, lambda f: torch.save({"params_ema": state} if layout == "new" else state, f))
+    return path
 
 
 # =============================================================================================== LoRA files

@@ -51,6 +51,7 @@ MHA_MEMBERS = ("q_proj", "k_proj", "v_proj", "out_proj")
 # diffusers' and PEFT's weight names -> kohya's
 _DIFFUSERS_PARTS = (
     (".lora_A.weight", "lora_down.weight"), (".lora_B.weight", "lora_up.weight"),
+    (".lora_B.bias", "lora_up.bias"),  # PEFT's lora_bias=True
     (".lora_linear_layer.down.weight", "lora_down.weight"), (".lora_linear_layer.up.weight", "lora_up.weight"),
     (".lora.down.weight", "lora_down.weight"), (".lora.up.weight", "lora_up.weight"),
     ("_lora.down.weight", "lora_down.weight"), ("_lora.up.weight", "lora_up.weight"),

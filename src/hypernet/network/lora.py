@@ -265,6 +265,7 @@ def module_delta(
             if dyn is not None:
                 u, d = u[:, :dyn], d[:dyn]
             delta = (u @ d).reshape(shape)
+        bias_delta = p.get("lora_up.bias")  # PEFT's lora_bias (diffusers files): scaled like the weight below
     elif kind == "hada":
         dim = p["hada_w1_b"].shape[0]
         shape = [p["hada_w1_a"].shape[0], p["hada_w1_b"].shape[1]]
@@ -309,8 +310,6 @@ def module_delta(
         delta = torch.nn.functional.pad(delta, (0, 0, 0, 0, 0, 5))  # inpainting UNet: 4 -> 9 input channels
     if delta.shape != weight.shape:
         raise ValueError(f"the weights' shape {tuple(delta.shape)} does not fit the layer's {tuple(weight.shape)}")
-    if bias_delta is not None:
-        bias_delta = bias_delta * multiplier
     if "scale" in p:
         scale = float(p["scale"])
     elif dim is not None and "alpha" in p:
@@ -318,6 +317,8 @@ def module_delta(
     else:
         scale = 1.0  # no alpha: alpha = rank, as in A1111
     delta = delta * scale
+    if bias_delta is not None:
+        bias_delta = bias_delta * (multiplier * scale if kind == "lora" else multiplier)
     if "dora_scale" in p:
         merged = weight.float() + delta
         norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True)
