@@ -240,8 +240,8 @@ def _generate(state: ServerState, plan: Plan, job: Job) -> Outcome:
     s = plan.settings
     if plan.plot is not None:
         result = run_plot_job(state, plan.plot, s, job)
-        return Outcome(result.images, result.infotexts, result.cell_seeds, [], plan.warnings + result.warnings,
-                       result.interrupted, model=generator.info, plot=result)
+        return Outcome(result.images, result.infotexts, result.cell_seeds, warnings=plan.warnings + result.warnings,
+                       interrupted=result.interrupted, model=generator.info, plot=result)
     per_batch = _steps_run(s)
     job.job_count, job.sampling_steps = s.n_iter, per_batch
     outcome = Outcome(warnings=list(plan.warnings), model=generator.info)
