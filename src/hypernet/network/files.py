@@ -51,16 +51,27 @@ def load_hypernetwork(path: str | os.PathLike[str]) -> Hypernetwork:
     return hn
 
 
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # zip, or pickle protocol 2-5
+
+
 def _torch_load(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if not magic.startswith(TORCH_MAGIC):  # a zip archive (torch >= 1.6) or a pickle (older torch.save)
+        raise HypernetError(f"{path}: not a PyTorch file (a .pt file is a zip archive or a pickle; this is neither)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()
-        detail = next((line for line in reason if "global" in line.lower()), reason[0] if reason else "")
+        detail = next((line for line in reason if "global" in line.lower()), None)
+        if detail is None:  # no forbidden object named: the bytes are not a pickle torch wrote
+            raise HypernetError(f"{path}: not a PyTorch file (its data cannot be read as one)") from None
         raise HypernetError(
             f"{path}: refused to load: the file contains Python objects other than tensors and plain data "
             f"({detail.strip()}); hypernet never runs code from model files"
         ) from None
+    except (KeyError, IndexError, TypeError, AttributeError) as e:  # garbage that happens to start like a pickle
+        raise HypernetError(f"{path}: not a PyTorch file ({type(e).__name__} while reading it)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({_first_line(e)})") from None
 
