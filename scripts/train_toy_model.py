@@ -28,7 +28,8 @@ from PIL import Image
 
 from hypernet.fileio import atomic_write_bytes
 from hypernet.testing import ldm_state_dict
-from hypernet.toy.model import CHECKPOINT, toy_pipeline
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
+from hypernet.toy.model import toy_pipeline
 from hypernet.toy.world import BACKGROUNDS, COLOURS, render, sepia, split_scenes
 
 

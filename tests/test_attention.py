@@ -1,13 +1,15 @@
-"""The attention processor: A1111 semantics, and the fast paths (folding, text-context cache) equal the plain path."""
+"""The network stack: A1111 semantics through to_k/to_v hooks, fast paths equal the plain path, a scoped lifecycle."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
 from hypernet import Hypernetwork, apply_stack
-from hypernet.engine.attention import HypernetworkAttnProcessor, install_hypernetworks
+from hypernet.engine.attention import install_hypernetworks, uninstall_hypernetworks
 
 
 def attention(query_dim: int, context_dim: int | None, seed: int = 0) -> Attention:
@@ -17,7 +19,9 @@ def attention(query_dim: int, context_dim: int | None, seed: int = 0) -> Attenti
 
 
 def reference(attn: Attention, x: torch.Tensor, ctx: torch.Tensor | None, stack) -> torch.Tensor:
-    """A1111's computation written out: q = to_q(x); k/v from the hypernetwork-transformed context."""
+    """A1111's computation written out: q = to_q(x); k/v from the hypernetwork-transformed context.
+
+    ``attn`` must be a layer without hypernetwork hooks (a copy made before installing)."""
     context = x if ctx is None else ctx
     ck, cv = apply_stack(stack, context)
     q, k, v = attn.to_q(x), attn.to_k(ck), attn.to_v(cv)
@@ -44,59 +48,111 @@ def nets(kind: str) -> list[tuple[Hypernetwork, float]]:
 
 @pytest.mark.parametrize("kind", ["linear", "linear-stack", "nonlinear"])
 @pytest.mark.parametrize("cross", [True, False])
-def test_processor_matches_a1111_semantics(kind: str, cross: bool) -> None:
+@pytest.mark.parametrize("processor", [AttnProcessor2_0, AttnProcessor])
+def test_hooks_match_a1111_semantics_under_any_processor(kind: str, cross: bool, processor: type) -> None:
     attn = attention(16, 24 if cross else None)
+    twin = copy.deepcopy(attn)
+    attn.set_processor(processor())  # the model's own processor stays; the hooks compose with it
     x = torch.randn(2, 10, 16)
     ctx = torch.randn(2, 7, 24) if cross else None
     stack_entries = nets(kind)
     stack = install_hypernetworks(attn)
-    stack.set(stack_entries)
-    with torch.no_grad():
-        fast = attn(x, encoder_hidden_states=ctx)
-        want = reference(attn, x, ctx, stack_entries)
-    torch.testing.assert_close(fast, want, atol=2e-5, rtol=1e-5)
-    # with grad enabled (training) the plain path runs; same numbers
-    stack.clear_caches()
-    slow = attn(x, encoder_hidden_states=ctx)
-    torch.testing.assert_close(slow.detach(), want, atol=2e-5, rtol=1e-5)
-    assert not torch.allclose(want, reference(attn, x, ctx, []), atol=1e-3)
+    with stack.applied(stack_entries):
+        with torch.no_grad():
+            fast = attn(x, encoder_hidden_states=ctx)
+            want = reference(twin, x, ctx, stack_entries)
+        torch.testing.assert_close(fast, want, atol=2e-5, rtol=1e-5)
+        slow = attn(x, encoder_hidden_states=ctx)  # grad enabled (training): the networks run, nothing folded
+        torch.testing.assert_close(slow.detach(), want, atol=2e-5, rtol=1e-5)
+    assert isinstance(attn.processor, processor)
+    assert not torch.allclose(want, reference(twin, x, ctx, []), atol=1e-3)
 
 
-def test_linear_networks_are_folded_once_and_never_run_per_call() -> None:
+def test_linear_networks_are_folded_once_and_kept_for_the_next_scope() -> None:
     attn = attention(16, None)  # self-attention: every latent token, where folding pays
+    own = (attn.to_k.weight, attn.to_v.weight)
     entries = nets("linear-stack")
     stack = install_hypernetworks(attn)
-    stack.set(entries)
     calls = []
     for hn, _ in entries:
         for module in hn.modules():
             if isinstance(module, torch.nn.Linear):
                 module.register_forward_hook(lambda *a: calls.append(1))
     with torch.no_grad():
-        for _ in range(3):
+        with stack.applied(entries):
+            for _ in range(3):
+                attn(torch.randn(2, 5, 16))
+            folded = (attn.to_k.weight, attn.to_v.weight)
+            assert folded[0] is not own[0]
+        assert (attn.to_k.weight, attn.to_v.weight) == own, "the layer's own weights are back after the scope"
+        with stack.applied(entries):  # the next generation with the same networks reuses the fold
             attn(torch.randn(2, 5, 16))
-        folded = stack._folded[id(attn)]
-        stack.set(entries)  # the next generation with the same networks keeps the fold
-        attn(torch.randn(2, 5, 16))
-        assert stack._folded[id(attn)] is folded
+            assert attn.to_k.weight is folded[0] and attn.to_v.weight is folded[1]
     assert calls == []
+
+
+def test_few_calls_apply_the_network_instead_of_folding() -> None:
+    attn = attention(16, None)
+    twin = copy.deepcopy(attn)
+    own = attn.to_k.weight
+    entries = nets("linear")
+    stack = install_hypernetworks(attn)
+    x = torch.randn(1, 2, 16)  # 2 tokens, one call: folding a 16x16 layer would cost more than applying
+    with torch.no_grad(), stack.applied(entries, expected_calls=1):
+        out = attn(x)
+        assert attn.to_k.weight is own
+    torch.testing.assert_close(out, reference(twin, x, None, entries), atol=2e-5, rtol=1e-5)
+
+
+def test_applied_restores_the_previous_networks() -> None:
+    attn = attention(16, 24)
+    twin = copy.deepcopy(attn)
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 7, 24)
+    outer, inner = nets("linear"), nets("nonlinear")
+    stack = install_hypernetworks(attn)
+    with torch.no_grad():
+        plain = attn(x, encoder_hidden_states=ctx)
+        with stack.applied(outer):
+            with stack.applied(inner):
+                torch.testing.assert_close(attn(x, encoder_hidden_states=ctx), reference(twin, x, ctx, inner))
+            torch.testing.assert_close(attn(x, encoder_hidden_states=ctx), reference(twin, x, ctx, outer))
+        assert torch.equal(attn(x, encoder_hidden_states=ctx), plain)
+
+
+def test_uninstall_restores_the_model() -> None:
+    attn = attention(16, None)
+    processor, own = attn.processor, attn.to_k.weight
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        plain = attn(x)
+        stack = install_hypernetworks(attn)
+        stack.set(nets("linear"))
+        changed = attn(x)
+        uninstall_hypernetworks(attn)
+        assert torch.equal(attn(x), plain)
+    assert not torch.equal(changed, plain)
+    assert attn.processor is processor and attn.to_k.weight is own
+    assert not attn.to_k._forward_pre_hooks and not attn.to_v._forward_pre_hooks
 
 
 def test_fold_follows_weight_changes() -> None:
     attn = attention(16, None)
+    twin = copy.deepcopy(attn)
     entries = nets("linear")
     stack = install_hypernetworks(attn)
     x = torch.randn(2, 5, 16)
     with torch.no_grad():
-        stack.set(entries)
-        before = attn(x)
+        with stack.applied(entries):
+            before = attn(x)
         for p in entries[0][0].parameters():  # e.g. an optimizer step between previews
             p.mul_(1.5)
-        stack.set(entries)
-        after = attn(x)
-        torch.testing.assert_close(after, reference(attn, x, None, entries), atol=2e-5, rtol=1e-5)
+        with stack.applied(entries):
+            after = attn(x)
+            torch.testing.assert_close(after, reference(twin, x, None, entries), atol=2e-5, rtol=1e-5)
         attn.to_k.weight.mul_(0.5)  # the model's own weights changed
-        torch.testing.assert_close(attn(x), reference(attn, x, None, entries), atol=2e-5, rtol=1e-5)
+        twin.to_k.weight.mul_(0.5)
+        with stack.applied(entries):
+            torch.testing.assert_close(attn(x), reference(twin, x, None, entries), atol=2e-5, rtol=1e-5)
     assert not torch.allclose(before, after)
 
 
@@ -131,9 +187,12 @@ def test_multiplier_zero_and_empty_stack_are_exactly_plain() -> None:
 
 def test_install_is_per_instance() -> None:
     a, b = attention(16, 24), attention(16, 24)
-    install_hypernetworks(a)
-    assert isinstance(a.processor, HypernetworkAttnProcessor)
-    assert not isinstance(b.processor, HypernetworkAttnProcessor)
+    x, ctx = torch.randn(2, 5, 16), torch.randn(2, 7, 24)
+    with torch.no_grad():
+        plain_b = b(x, encoder_hidden_states=ctx)
+        install_hypernetworks(a).set(nets("nonlinear"))
+        assert torch.equal(b(x, encoder_hidden_states=ctx), plain_b)
+    assert not b.to_k._forward_pre_hooks
 
 
 def test_half_precision_model_keeps_fp32_networks() -> None:
@@ -152,30 +211,20 @@ def test_half_precision_model_keeps_fp32_networks() -> None:
 
 def test_low_precision_networks_when_asked() -> None:
     attn = attention(16, 24)
+    twin = copy.deepcopy(attn)
     entries = nets("nonlinear")
     stack = install_hypernetworks(attn)
     x, ctx = torch.randn(2, 5, 16), torch.randn(2, 7, 24)
     with torch.no_grad():
-        stack.set(entries, dtype=torch.bfloat16)
-        low = attn(x, encoder_hidden_states=ctx)
-        copies = stack.entries
-        stack.set(entries, dtype=torch.bfloat16)
-        assert stack.entries is copies, "the low-precision copies are made once, not per generation"
+        with stack.applied(entries, dtype=torch.bfloat16):
+            low = attn(x, encoder_hidden_states=ctx)
+            copies = stack.entries
+        with stack.applied(entries, dtype=torch.bfloat16):
+            again = stack.entries
+        assert all(a is b for (a, _), (b, _) in zip(again, copies)), "the copies are made once, not per generation"
         assert all(p.dtype == torch.float32 for hn, _ in entries for p in hn.parameters()), "originals stay fp32"
         assert all(p.dtype == torch.bfloat16 for hn, _ in copies for p in hn.parameters())
-        want = reference(attn, x, ctx, entries)
+        want = reference(twin, x, ctx, entries)
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, want, atol=0.05, rtol=0.02)
     assert not torch.equal(low, want)
-
-
-def test_upcast_attention_runs_softmax_in_fp32_for_half_models() -> None:
-    torch.manual_seed(0)
-    attn = Attention(query_dim=16, cross_attention_dim=24, heads=2, dim_head=8, upcast_attention=True).eval()
-    install_hypernetworks(attn).set(nets("nonlinear"))
-    x, ctx = torch.randn(2, 5, 16) * 30, torch.randn(2, 7, 24) * 30  # large activations, as in SD2-768
-    with torch.no_grad():
-        want = attn(x, encoder_hidden_states=ctx)
-        half = attn.to(torch.bfloat16)(x.bfloat16(), encoder_hidden_states=ctx.bfloat16())
-    assert half.dtype == torch.bfloat16 and torch.isfinite(half).all()
-    torch.testing.assert_close(half.float(), want, atol=0.5, rtol=0.1)

@@ -12,6 +12,7 @@ import hypernet
 from hypernet.demo import main
 
 
+@pytest.mark.slow
 def test_demo_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["--out", str(tmp_path), "--steps", "80"])
     out = capsys.readouterr().out

@@ -18,7 +18,7 @@ from hypernet.testing import save_single_file, tiny_pipeline
 FAST = dict(steps=3, width=64, height=64, seed=7, sampler_name="Euler")
 
 
-@pytest.fixture(scope="module", params=["sd1", "sd2", "sdxl"])
+@pytest.fixture(scope="module", params=["sd1", pytest.param("sd2", marks=pytest.mark.slow), pytest.param("sdxl", marks=pytest.mark.slow)])
 def setup(request, tmp_path_factory) -> tuple[str, Generator, Path]:
     family = request.param
     root = tmp_path_factory.mktemp(family)
@@ -47,6 +47,39 @@ def test_network_changes_image_and_multiplier_zero_is_exactly_plain(setup) -> No
     assert applied.name == "style" and applied.multiplier == 0.9 and applied.layers_by_width
     again = gen.generate(Settings("a castle", **FAST))
     assert np.array_equal(pixels(again), pixels(plain)), "networks must not leak into the next generation"
+
+
+def test_fold_survives_across_generations_with_the_same_networks(setup) -> None:
+    """A server answering the same linear network twice folds it once: the second generation samples with the very
+    parameters the first one made, and the model has its own weights back in between."""
+    from hypernet.engine.generate import Hooks
+
+    family, gen, _ = setup
+    if family != "sd1":
+        pytest.skip("family-independent")
+    to_k = next(m for name, m in gen.pipe.unet.named_modules() if name.endswith("attn1.to_k"))
+    own = to_k.weight
+    seen: list = []
+    hooks = Hooks(latents=lambda _: seen.append(to_k.weight))
+    first = gen.generate(Settings("a castle <hypernet:flat:0.7>", **FAST), hooks=hooks)
+    assert to_k.weight is own
+    second = gen.generate(Settings("a castle <hypernet:flat:0.7>", **FAST), hooks=hooks)
+    assert seen[0] is not own and all(w is seen[0] for w in seen), "one fold, made once, used by every step"
+    assert np.array_equal(pixels(first), pixels(second))
+    gen.generate(Settings("a castle <hypernet:flat:0.6>", **FAST), hooks=hooks)  # another multiplier: a new fold
+    assert seen[-1] is not seen[0] and to_k.weight is own
+
+
+def test_loaded_networks_are_a_bounded_cache(setup) -> None:
+    family, gen, root = setup
+    if family != "sd1":
+        pytest.skip("family-independent")
+    small = Generator(gen.pipe, gen.info, root / "hypernetworks", max_loaded_networks=1)
+    style, flat = root / "hypernetworks" / "style.pt", root / "hypernetworks" / "sub" / "flat.pt"
+    first = small.network(style)
+    assert small.network(style) is first, "an unchanged file is loaded once"
+    small.network(flat)
+    assert small.network(style) is not first, "the least recently used network was let go"
 
 
 def test_same_seed_same_image_and_batches(setup) -> None:
@@ -170,7 +203,7 @@ def test_bf16_model_with_fp32_networks(tmp_path) -> None:
     b_gen = Generator(pipe16, info, tmp_path / "hn")
     b = b_gen.generate(Settings("a <hypernet:style>", **FAST))
     assert pipe16.unet.dtype == torch.bfloat16
-    assert all(p.dtype == torch.float32 for _, net in b_gen._loaded.values() for p in net.parameters())
+    assert all(p.dtype == torch.float32 for p in b_gen.network(tmp_path / "hn" / "style.pt").parameters())
     assert np.abs(pixels(a) - pixels(b)).mean() < 12, "bf16 should be close to fp32, not a different image"
 
 
@@ -188,6 +221,7 @@ def test_memory_options_refuse_cleanly_without_gpu(setup) -> None:
         apply_memory_options(gen.pipe, medvram=True, lowvram=True)
 
 
+@pytest.mark.slow
 def test_prompts_file_split_across_two_processes(setup, tmp_path) -> None:
     """`accelerate launch` with 2 CPU processes: every prompt of the file is generated exactly once."""
     import socket

@@ -67,3 +67,12 @@ def test_hires_fix_latent_and_lanczos(gen: Generator) -> None:
     assert cropped.images[0].size == (96, 64)
     with pytest.raises(HypernetError, match="upscaler"):
         gen.generate(Settings("a house", enable_hr=True, hr_upscaler="4x-UltraSharp", **FAST))
+
+
+def test_cli_lists_every_sampler_and_schedule(capsys) -> None:
+    from hypernet.cli import main as cli_main
+    from hypernet.sampling import SAMPLERS, SCHEDULES
+
+    cli_main(["samplers"])
+    out = capsys.readouterr().out
+    assert all(s.name in out for s in SAMPLERS) and all(s.label in out for s in SCHEDULES)

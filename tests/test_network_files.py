@@ -16,7 +16,7 @@ import torch
 
 import hypernet
 from hypernet import HypernetError, Hypernetwork
-from hypernet.network.files import a1111_pt_bytes
+from hypernet.network.writing import a1111_pt_bytes
 
 # What a stock A1111 accepts inside a .pt (conformance README "Files that A1111 itself can load").
 A1111_RECORD_SUFFIXES = ("data.pkl", "version", "byteorder", ".data/serialization_id")

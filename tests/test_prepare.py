@@ -255,6 +255,7 @@ def test_folders_are_checked(tmp_path: Path) -> None:
         preprocess(tmp_path / "src", tmp_path / "file")
 
 
+@pytest.mark.slow
 def test_worker_processes_write_the_same_files(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

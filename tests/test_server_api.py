@@ -16,6 +16,7 @@ from hypernet.engine.infotext import parse_infotext
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.testing import tiny_server_config
+from hypernet.testing import save_tiny_esrgan
 
 FAST = dict(steps=3, width=64, height=64, seed=7, sampler_name="Euler", cfg_scale=7.0)
 
@@ -50,12 +51,19 @@ def test_client_lists_hypernetworks_models_samplers(api, server) -> None:
     assert api.util_get_current_model() == models[0]["title"]
     assert {"Euler a", "Euler", "DDIM", "PLMS", "UniPC", "DPM++ 2M"} <= set(api.util_get_sampler_names())
     assert "karras" in api.util_get_scheduler_names()
-    assert api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.get_scripts() == {"txt2img": ["x/y/z plot"], "img2img": []}
     assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
     for empty in (api.get_loras, api.get_face_restorers, api.get_prompt_styles, api.get_sd_vae,
                   api.get_realesrgan_models):
         assert empty() == []
     assert [u["name"] for u in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
+    esrgan = save_tiny_esrgan(state.config.esrgan_dir / "4x-tiny.pth")
+    try:
+        assert api.get_upscalers()[-1] == {"name": "4x-tiny", "model_name": "ESRGAN", "model_path": str(esrgan),
+                                           "model_url": None, "scale": 4}
+        assert api.get_cmd_flags()["esrgan_models_path"] == str(state.config.esrgan_dir)
+    finally:
+        esrgan.unlink()
     assert [m["name"] for m in api.get_latent_upscale_modes()][:2] == ["Latent", "Latent (antialiased)"]
     assert len(api.util_get_sampler_names()) == 20 and len(api.util_get_scheduler_names()) == 12
     assert api.get_cmd_flags()["hypernetwork_dir"] == str(state.config.hypernetwork_dir)
@@ -112,6 +120,22 @@ def test_a1111_samplers_hires_fix_and_unsupported_extras(url, sampler) -> None:
     assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (128, 128)
     text = info["infotexts"][0]
     assert "Hires upscale: 2.0" in text and "Hires steps: 2" in text and "Variation seed: 3" in text
+
+
+def test_hires_fix_with_an_esrgan_model_from_the_esrgan_folder(server, url) -> None:
+    _, state = server
+    esrgan = save_tiny_esrgan(state.config.esrgan_dir / "4x-tiny.safetensors", "old")
+    body = {"prompt": "a cat", "steps": 2, "width": 64, "height": 64, "enable_hr": True, "denoising_strength": 0.5,
+            "hr_scale": 1.5, "hr_second_pass_steps": 1, "hr_upscaler": "4x-tiny"}
+    try:
+        r = requests.post(f"{url}/txt2img", json=body, timeout=120)
+        assert r.status_code == 200, r.text
+        assert Image.open(io.BytesIO(base64.b64decode(r.json()["images"][0]))).size == (96, 96)
+        assert "Hires upscaler: 4x-tiny" in json.loads(r.json()["info"])["infotexts"][0]
+    finally:
+        esrgan.unlink()
+    r = requests.post(f"{url}/txt2img", json=body, timeout=120)
+    assert r.status_code == 400 and 'could not find upscaler named "4x-tiny"' in r.json()["detail"]
 
 
 def test_options_round_trip_and_sd_hypernetwork(api, url) -> None:

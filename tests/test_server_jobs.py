@@ -216,11 +216,13 @@ def test_training_over_http_sync_and_async(server, url) -> None:
     assert "loss" in p["textinfo"] and Image.open(io.BytesIO(base64.b64decode(p["current_image"]))).size == (64, 64)
     with ThreadPoolExecutor(1) as pool:
         waiting = post_in_background(pool, url, "txt2img", {**SMALL, "prompt": "after training", "steps": 2})
-        time.sleep(1.0)
+        # the generation is queued behind the training job (not merely slow): it waits until training ends
+        wait_until(lambda: state.jobs.pending == 1, "the generation to queue behind training")
+        assert state.jobs.current is not None and state.jobs.current.name == "train-hypernetwork"
         assert not waiting.done(), "a generation ran while the model was training"
         assert requests.post(f"{url}/interrupt", timeout=10).json() == {}
         assert waiting.result().status_code == 200
-    result = state.last_training["result"]
+    result = state.last_training.result
     assert result.stopped == "interrupted" and result.step >= 4
     assert load_hypernetwork(path).step == result.step, "interrupt saves the network"
     ended = progress(url)["training"]  # an async client learns how the run ended

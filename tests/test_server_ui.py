@@ -31,6 +31,7 @@ if not Path(CHROMIUM).is_file():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
 
 sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = pytest.mark.slow  # a real Chromium per module
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +183,7 @@ def test_training_shows_a_live_loss_chart_and_preview(page, server) -> None:
     shot(page, "4-training-live")
     page.click("#train_interrupt")
     page.wait_for_function("document.querySelector('#train_status').innerText.includes('interrupted')")
-    result = state.last_training["result"]
+    result = state.last_training.result
     assert result.stopped == "interrupted" and result.step >= first_step + 2
     shot(page, "5-training-interrupted")
 
@@ -205,3 +206,30 @@ def test_png_info_reads_generated_images(page, server, tmp_path) -> None:
     page.wait_for_function("document.querySelector('#txt2img_prompt textarea').value.includes('a bell')")
     assert page.input_value("#txt2img_prompt textarea") == "a bell <hypernet:style:0.3>"
     assert page.input_value("#txt2img_seed input") == "9"
+
+
+def test_hires_fix_with_its_own_sampler_and_prompts(page) -> None:
+    open_tab(page, "txt2img")
+    page.locator("#txt2img_hires_fix button.label-wrap").first.click()
+    page.locator("#txt2img_enable_hr input[type=checkbox]").check()
+    page.fill("#txt2img_prompt textarea", "a tower")
+    for elem_id, value in (("txt2img_steps", "2"), ("txt2img_width", "64"), ("txt2img_height", "64")):
+        set_number(page, elem_id, value)
+    set_number(page, "txt2img_hires_steps", "1")
+    page.locator("#txt2img_sampler input").click()  # an earlier test may have pasted another first-pass sampler
+    page.locator("#txt2img_sampler").get_by_role("option", name="DPM++ 2M", exact=True).click()
+    page.locator("#hr_sampler input").click()
+    page.locator("#hr_sampler").get_by_role("option", name="Euler", exact=True).click()
+    page.locator("#hr_scheduler input").click()
+    page.locator("#hr_scheduler").get_by_role("option", name="Exponential", exact=True).click()
+    page.fill("#hires_prompt textarea", "a tall tower")
+    page.fill("#hires_neg_prompt textarea", "fog")
+    page.fill("#txt2img_seed input", "5")
+    page.click("#txt2img_generate")
+    page.wait_for_function("document.querySelector('#txt2img_info textarea').value.includes('Hires prompt')")
+    info = parse_infotext(page.input_value("#txt2img_info textarea"))
+    assert info["Size-1"] == "64" and info["Hires upscale"] == "2.0" and info["Hires steps"] == "1"
+    assert (info["Hires sampler"], info["Hires schedule type"]) == ("Euler", "Exponential")
+    assert (info["Hires prompt"], info["Hires negative prompt"]) == ("a tall tower", "fog")
+    shot(page, "7-txt2img-hires-fix")
+    page.locator("#txt2img_enable_hr input[type=checkbox]").uncheck()

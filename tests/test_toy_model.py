@@ -13,7 +13,8 @@ from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator
 from hypernet.testing import save_single_file
 from hypernet.toy.evaluate import evaluate
-from hypernet.toy.model import CHECKPOINT, TEXT_WIDTH, toy_pipeline
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
+from hypernet.toy.model import TEXT_WIDTH, toy_pipeline
 from hypernet.toy.style import measure_style, train_style, write_style_dataset
 from hypernet.toy.world import all_scenes, render, sepia, split_scenes, style_score
 
@@ -21,6 +22,7 @@ STYLE_TEST_STEPS = 300  # the demo's training
 STYLE_MARGIN = 0.2  # measured on the shipped model: 0.00 -> 0.45
 
 
+@pytest.mark.slow
 def test_toy_architecture_round_trips_and_evaluates(tmp_path: Path) -> None:
     pipe = toy_pipeline(seed=3)
     checkpoint = save_single_file(pipe, tmp_path / "toy.safetensors", "sd1")
@@ -46,12 +48,14 @@ def test_shipped_model_is_a_small_sd1_single_file(shipped: tuple) -> None:
     assert pipe.vae.config.scaling_factor == pytest.approx(0.18215)
 
 
+@pytest.mark.slow
 def test_shipped_model_draws_the_prompted_colour_on_held_out_prompts(shipped: tuple) -> None:
     scores = evaluate(Generator(*shipped), per_scene=1, steps=12, limit=10)
     assert scores["images"] == 10
     assert scores["colour_accuracy"] >= 0.8, scores  # the full measurement (27 prompts x 2) is in the README
 
 
+@pytest.mark.slow
 def test_short_style_training_raises_the_style_score(shipped: tuple, tmp_path: Path) -> None:
     pipe, info = shipped
     generator = Generator(pipe, info, hypernetwork_dir=tmp_path / "hypernetworks")
@@ -76,6 +80,7 @@ def test_style_score_separates_sepia_from_the_named_palette() -> None:
     assert min(style_score(sepia(render(s, rng))) for s in scenes) > 0.95
 
 
+@pytest.mark.slow
 def test_generate_without_a_model_uses_the_toy_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from PIL import Image
 

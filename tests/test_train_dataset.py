@@ -107,6 +107,15 @@ def test_read_image_resizes_or_crops_to_multiples_of_8(tmp_path: Path) -> None:
         read_image(tmp_path / "bad.png", (64, 64))
 
 
+def test_read_image_turns_phone_photos_upright_as_preparation_does(tmp_path: Path) -> None:
+    stored = Image.new("RGB", (48, 16), (200, 30, 30))  # stored landscape, EXIF says "rotate 90" (orientation 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "phone.jpg", exif=exif)
+    loaded = read_image(tmp_path / "phone.jpg", None)
+    assert loaded.original_size == (16, 48) and loaded.pixels.shape == (3, 48, 16)
+
+
 def test_alpha_weight_has_mean_one_and_keeps_orientation() -> None:
     alpha = np.zeros((16, 32), dtype=np.uint8)  # wide image: left half opaque
     alpha[:, :16] = 255
@@ -171,6 +180,7 @@ def _build(root: Path, vae: torch.nn.Module, method: str = "once", **kw: object)
     return build_dataset(**(args | kw))
 
 
+@pytest.mark.slow
 def test_build_dataset_lists_unreadable_files_and_caches_latents(tmp_path: Path, vae: torch.nn.Module) -> None:
     picture(tmp_path / "001-red fox.png", seed=1)
     picture(tmp_path / "002-blue jay.png", (80, 64), seed=2)

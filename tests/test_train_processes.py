@@ -28,7 +28,7 @@ WIDTHS = [48, 32, 64]
 ENV = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]  # subprocesses: SIGKILL loop, two ranks
 
 
 @pytest.fixture(scope="module")

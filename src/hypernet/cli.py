@@ -14,9 +14,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from hypernet import __version__
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
-from hypernet.fileio import next_number, short_hash
+from hypernet.export.command import bake, export_lora
+from hypernet.fileio import next_number
+from hypernet.grid.command import grid
 from hypernet.prepare.command import preprocess
 from hypernet.server.command import serve
 from hypernet.settings import CreateSettings, GenerateSettings
@@ -35,8 +39,11 @@ app = typer.Typer(
 app.command()(preprocess)
 app.command()(train)
 app.command()(serve)
+app.command("export-lora")(export_lora)
+app.command()(bake)
+app.command()(grid)
 
-DEFAULT_HN_DIR = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
+DEFAULT_HN_DIR = default_hypernetwork_dir()
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
 
 
@@ -57,7 +64,7 @@ def _root(
 
 def _create(settings: CreateSettings, dir: Path = DEFAULT_HN_DIR, format: str = "pt") -> None:
     """Create a new hypernetwork file, like A1111's "Create hypernetwork" form."""
-    from hypernet.network import Hypernetwork
+    from hypernet.network import Hypernetwork  # torch: loaded only by the commands that need it
 
     if format not in ("pt", "safetensors"):
         raise HypernetError(f"--format {format!r} must be 'pt' or 'safetensors'.")
@@ -92,32 +99,6 @@ app.command("create")(settings_cli.command(
 ))
 
 
-def describe_file(path: Path) -> dict[str, object]:
-    """What ``inspect`` shows, as plain data (also used by the HTTP API and UI)."""
-    from hypernet.network import load_hypernetwork
-
-    net = load_hypernetwork(path)
-    a = net.arch
-    return {
-        "name": net.name,
-        "file": str(path),
-        "format": "safetensors (hypernet)" if path.suffix.lower() == ".safetensors" else "pt (A1111)",
-        "widths": net.widths,
-        "layer_structure": a.layer_structure,
-        "activation": a.activation_func,
-        "activate_output": a.activate_output,
-        "layer_norm": a.add_layer_norm,
-        "dropout_structure": a.dropout_structure,
-        "weight_init": a.weight_init,
-        "parameters": net.num_parameters(),
-        "step": net.step,
-        "sd_checkpoint": net.sd_checkpoint,
-        "sd_checkpoint_name": net.sd_checkpoint_name,
-        "sha256": short_hash(path),
-        "optimizer_state": net.optimizer_name if net.optimizer_state_dict is not None else None,
-    }
-
-
 @app.command()
 def inspect(
     file: Path,
@@ -125,6 +106,8 @@ def inspect(
 ) -> None:
     """Show a hypernetwork file's structure, training state and hash."""
     _existing_file(file, "FILE")
+    from hypernet.network import describe_file
+
     info = describe_file(file)
     if as_json:
         print(json.dumps(info, indent=2))
@@ -142,8 +125,6 @@ def convert(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DST if it exists (as create --overwrite).")] = False,
 ) -> None:
     """Convert between .pt (A1111) and .safetensors, losslessly."""
-    from hypernet.network import load_hypernetwork
-
     _existing_file(src, "SRC")
     if dst.exists() and dst.resolve() == src.resolve():
         raise HypernetError(f"{dst}: the output must differ from the input.")
@@ -151,6 +132,8 @@ def convert(
         raise HypernetError(f"{dst} already exists; pass --overwrite to replace it.")
     if dst.suffix.lower() not in (".pt", ".safetensors"):
         raise HypernetError(f"{dst}: the output must end in .pt (A1111) or .safetensors.")
+    from hypernet.network import load_hypernetwork
+
     load_hypernetwork(src).save(dst)
     say(f"Wrote {dst}")
 
@@ -172,9 +155,9 @@ def _existing_dir(path: Path, flag: str) -> None:
 @app.command("list")
 def list_(dir: HnDir = DEFAULT_HN_DIR) -> None:
     """List hypernetworks the way A1111 discovers them (recursive; name = file stem)."""
+    _existing_dir(dir, "--dir")
     from hypernet.network import list_hypernetworks
 
-    _existing_dir(dir, "--dir")
     found = list_hypernetworks(dir)
     if not found:
         say(f"No hypernetworks in {dir}")
@@ -195,6 +178,8 @@ def generate(
                                                     "the lines are split across processes.")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
     hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
+    esrgan_dir: Annotated[Path, typer.Option(help="ESRGAN models for --hr-upscaler NAME (file stem).")] = Path(
+        "models/ESRGAN"),
     sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'.")] = "DPM++ 2M",
     scheduler: Annotated[str, typer.Option(help="Schedule type: Automatic, Karras, Exponential, ...")] = "Automatic",
     steps: int = 20,
@@ -231,7 +216,8 @@ def generate(
     hr_resize: Annotated[Optional[str], typer.Option(help="Hires target WIDTHxHEIGHT instead of --hr-scale.")] = None,
     hr_upscaler: Annotated[str, typer.Option(help="Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic "
                                              "antialiased), Latent (nearest), Latent (nearest-exact), None, "
-                                             "Lanczos or Nearest.")] = "Latent",
+                                             "Lanczos, Nearest, or an ESRGAN model's file name "
+                                             "without extension in --esrgan-dir.")] = "Latent",
     hr_steps: Annotated[int, typer.Option(help="Hires steps (0 = --steps).")] = 0,
     hr_sampler: Optional[str] = None,
     hr_scheduler: Optional[str] = None,
@@ -250,11 +236,9 @@ def generate(
     from accelerate import PartialState
     from rich.progress import Progress
 
-    from hypernet.engine.checkpoints import load_pipeline
-    from hypernet.engine.generate import Generator, Settings, apply_memory_options
+    from hypernet.engine.generate import Generator, Settings
     from hypernet.engine.infotext import save_image
-
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
+    from hypernet.engine.loading import open_model
 
     console = Console(highlight=False)
     sampler_params: dict = {}
@@ -271,13 +255,10 @@ def generate(
          hr_scheduler, hr_prompt, hr_negative) = (chosen[k] for k in PASTED_OPTIONS)
         console.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
     if model is None:
-        console.print(DEFAULT_NOTE, style="dim", markup=False)
-        model, size = str(CHECKPOINT), size or f"{SIZE}x{SIZE}"
+        console.print(TOY_NOTE, style="dim", markup=False)
+        model, size = str(TOY_CHECKPOINT), size or f"{TOY_SIZE}x{TOY_SIZE}"
     size = size or "512x512"
     jobs = _prompt_jobs(prompt, prompts)
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-    if precision not in dtypes:
-        raise HypernetError(f"--precision {precision!r} must be one of fp32, fp16, bf16")
     try:
         width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
@@ -292,11 +273,9 @@ def generate(
     init = open_image(init_image, "--init-image") if init_image is not None else None
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several (accelerate launch)
     with console.status(escape(f"loading {model}")):
-        pipe, info = load_pipeline(model, vae=vae, dtype=dtypes[precision])
-    if not (medvram or lowvram):
-        pipe.to(state.device)
-    apply_memory_options(pipe, medvram=medvram, lowvram=lowvram, vae_tiling=vae_tiling)
-    generator = Generator(pipe, info, hypernetwork_dir)
+        pipe, info = open_model(model, vae=vae, precision=precision, device=state.device, medvram=medvram,
+                                lowvram=lowvram, vae_tiling=vae_tiling)
+    generator = Generator(pipe, info, hypernetwork_dir, esrgan_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_job = batch_size * batch_count
     start = next_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)
@@ -373,6 +352,19 @@ def _prompt_jobs(prompt: str | None, prompts_file: Path | None) -> list[tuple[in
     if not texts:
         raise HypernetError(f"{prompts_file}: no prompts in the file (one per line; # starts a comment)")
     return list(enumerate(texts))
+
+
+@app.command("samplers")
+def samplers() -> None:
+    """List A1111's samplers and schedule types; every one can be used with --sampler / --scheduler."""
+    from hypernet.sampling import SAMPLERS, SCHEDULES
+
+    table = Table("sampler", "aliases", "Automatic schedule")
+    for sampler in SAMPLERS:
+        automatic = sampler.default_schedule or ("timesteps" if sampler.kind == "timesteps" else "the model's")
+        table.add_row(sampler.name, ", ".join(sampler.aliases), automatic)
+    Console().print(table)
+    print("schedule types: " + ", ".join(schedule.label for schedule in SCHEDULES))
 
 
 @app.command("png-info")

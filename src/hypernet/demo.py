@@ -19,11 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator
 from hypernet.engine.infotext import image_bytes
 from hypernet.fileio import atomic_write_bytes
-from hypernet.toy.model import CHECKPOINT
 from hypernet.toy.style import grid, measure_style, style_scenes, train_style, write_style_dataset
 from hypernet.toy.world import detect_colour, detect_shape, split_scenes
 

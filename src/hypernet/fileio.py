@@ -80,17 +80,19 @@ def short_hash(path: str | os.PathLike[str]) -> str:
     return sha256_file(path)[:10]
 
 
-def next_number(folder: str | os.PathLike[str]) -> int:
-    """The number for the next output in ``folder``: one above the highest ``NNNNN-`` prefix there (0 if none).
+def next_number(folder: str | os.PathLike[str], prefixes: tuple[str, ...] = ()) -> int:
+    """The number for the next output in ``folder``: one above the highest ``NNNNN-`` prefix there (0 if none);
+    names may start with one of ``prefixes`` before the number (the X/Y/Z plot's ``xyz_grid-NNNNN.png``).
 
     A1111 numbers images on from what a folder holds; taking max + 1 rather than counting files means a deleted
-    file in the middle never makes a new image overwrite an old one. The CLI and the server both use it.
+    file in the middle never makes a new image overwrite an old one. The CLI, the grid and the server all use it.
     """
     highest = -1
     root = Path(folder)
     if root.is_dir():
         for entry in root.iterdir():
-            prefix = entry.name.split("-", 1)[0].split(".", 1)[0]
+            name = next((entry.name[len(p):] for p in prefixes if entry.name.startswith(p)), entry.name)
+            prefix = name.split("-", 1)[0].split(".", 1)[0]
             if prefix.isdigit():
                 highest = max(highest, int(prefix))
     return highest + 1

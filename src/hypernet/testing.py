@@ -25,6 +25,7 @@ from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from hypernet.engine.checkpoints import assemble_pipeline, family_configs
+from hypernet.engine.upscalers import RRDBNet
 from hypernet.fileio import atomic_write_bytes, atomic_write_with
 
 Variant = Literal["sd1", "sd2", "sd2-v", "sdxl"]
@@ -305,3 +306,44 @@ def open_clip_to_ldm(text_encoder: CLIPTextModel, unused_last_layer: bool = Fals
         last, extra = f"transformer.resblocks.{layers - 1}.", f"transformer.resblocks.{layers}."
         out |= {k.replace(last, extra): v.clone() for k, v in out.items() if k.startswith(last)}
     return out
+
+
+def tiny_esrgan(n_up: int = 2, unshuffle: int = 1, seed: int = 0) -> RRDBNet:
+    """A tiny random RRDBNet (8 features, 2 blocks) for upscaler tests, scaled so that its output varies around
+    mid-grey instead of being clamped flat."""
+    torch.manual_seed(seed)
+    model = RRDBNet(nf=8, nb=2, gc=4, n_up=n_up, unshuffle=unshuffle)
+    for p in model.parameters():
+        p.data.mul_(2)
+    model.conv_last.bias.data.add_(0.5)
+    return model.eval().requires_grad_(False)
+
+
+def esrgan_old_layout(model: RRDBNet) -> dict[str, torch.Tensor]:
+    """``model``'s weights under the original ESRGAN keys (``model.0``, ``model.1.sub.N.RDB1.conv1.0``, ...)."""
+    n_up, nb = model.n_up, len(model.body)
+    top = {"conv_first": 0, "conv_body": None, "conv_hr": 2 + 3 * n_up, "conv_last": 4 + 3 * n_up,
+           **{f"conv_up{i + 1}": 3 + 3 * i for i in range(n_up)}}
+    out = {}
+    for key, value in model.state_dict().items():
+        parts = key.split(".")
+        if parts[0] == "body":
+            out[f"model.1.sub.{parts[1]}.RDB{parts[2][3:]}.{parts[3]}.0.{parts[4]}"] = value
+        elif parts[0] == "conv_body":
+            out[f"model.1.sub.{nb}.{parts[1]}"] = value
+        else:
+            out[f"model.{top[parts[0]]}.{parts[1]}"] = value
+    return out
+
+
+def save_tiny_esrgan(path: str | os.PathLike[str], layout: Literal["old", "new"] = "new", **kwargs: int) -> Path:
+    """Save :func:`tiny_esrgan` as ``.pth`` (BasicSR's ``params_ema`` wrapper for the new layout) or
+    ``.safetensors``, in the old or the new key layout."""
+    path = Path(path)
+    model = tiny_esrgan(**kwargs)
+    state = esrgan_old_layout(model) if layout == "old" else model.state_dict()
+    if path.suffix == ".safetensors":
+        atomic_write_bytes(path, safetensors.torch.save({k: v.contiguous() for k, v in state.items()}))
+    else:
+        atomic_write_with(path, lambda f: torch.save({"params_ema": state} if layout == "new" else state, f))
+    return path

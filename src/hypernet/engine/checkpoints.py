@@ -44,6 +44,7 @@ from huggingface_hub import is_offline_mode
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 from hypernet.engine.tokenizer import PAD_ENDOFTEXT, PAD_EXCLAMATION, load_clip_tokenizer
+from hypernet.defaults import MODEL_PRECISIONS
 from hypernet.errors import HypernetError
 from hypernet.fileio import short_hash
 
@@ -77,6 +78,16 @@ TEXT_KEYS = {
     "open_clip": ("token_embedding.weight", "positional_embedding", "transformer.resblocks.", "mlp.c_fc.weight"),
 }
 LEGACY_VAE_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+DTYPES = dict(zip(MODEL_PRECISIONS, (torch.float32, torch.float16, torch.bfloat16), strict=True))
+
+
+def precision_dtype(precision: str, what: str = "precision") -> torch.dtype:
+    """The torch dtype for a precision name (fp32, fp16, bf16), or a sentence naming ``what`` was wrong."""
+    if precision not in DTYPES:
+        raise HypernetError(f"{what} {precision!r} must be one of {', '.join(DTYPES)}.")
+    return DTYPES[precision]
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import math
 import os
 import random
 from collections.abc import Callable, Sequence
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ from diffusers import DiffusionPipeline
 from PIL import Image
 
 from hypernet import __version__
-from hypernet.engine import hires, latents
+from hypernet.engine import hires, latents, upscalers
 from hypernet.engine.attention import attention_widths, install_hypernetworks
-from hypernet.engine.checkpoints import ModelInfo
+from hypernet.engine.checkpoints import ModelInfo, precision_dtype
 from hypernet.engine.conditioning import PromptEncoder
 from hypernet.engine.infotext import format_infotext
 from hypernet.errors import HypernetError
@@ -35,7 +36,6 @@ from hypernet.prompt.tags import parse_batch
 from hypernet.settings import GenerateSettings
 
 Progress = Callable[[int, int], None]  # (step done, total steps)
-NETWORK_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -97,17 +97,14 @@ class Settings:
         are not multiples of 8 are floored, as A1111 does, and the returned warnings say so."""
         checked = GenerateSettings(**{name: getattr(self, name) for name in _CHECKED})
         self.width, self.height = checked.width, checked.height
-        if self.hypernetwork_precision not in NETWORK_DTYPES:
-            raise HypernetError(f"hypernetwork precision {self.hypernetwork_precision!r} must be one of "
-                                f"{', '.join(NETWORK_DTYPES)}.")
+        precision_dtype(self.hypernetwork_precision, "hypernetwork precision")
         if not math.isfinite(self.extra_networks_default_multiplier):
             raise HypernetError(f"extra_networks_default_multiplier is {self.extra_networks_default_multiplier}; "
                                 "expected a finite number.")
         if self.enable_hr and not 0 < self.denoising_strength <= 1:
             raise HypernetError(f"denoising strength is {self.denoising_strength}; expected a value in (0, 1] for "
                                 "the hires pass.")
-        if self.enable_hr:
-            hires.check_upscaler(self.hr_upscaler)
+        if self.enable_hr:  # the upscaler's name is checked by the Generator, which knows its ESRGAN folder
             if self.hr_scale <= 0 and not (self.hr_resize_x or self.hr_resize_y):
                 raise HypernetError(f"hires scale is {self.hr_scale}; expected a positive factor, e.g. 2.")
         return checked.warnings
@@ -176,13 +173,17 @@ def apply_memory_options(pipe: DiffusionPipeline, *, medvram: bool = False, lowv
 class Generator:
     """A loaded model that generates with hypernetworks named in prompts (``<hypernet:NAME:WEIGHT>``)."""
 
-    def __init__(self, pipe: DiffusionPipeline, info: ModelInfo, hypernetwork_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, pipe: DiffusionPipeline, info: ModelInfo, hypernetwork_dir: str | os.PathLike[str] | None = None,
+                 esrgan_dir: str | os.PathLike[str] | None = None, *, max_loaded_networks: int = 16) -> None:
         self.pipe = pipe
+        self.esrgan_dir = Path(esrgan_dir) if esrgan_dir is not None else None
         pipe.set_progress_bar_config(disable=True)  # callers show progress through ``progress``
         self.info = info
         self.hypernetwork_dir = Path(hypernetwork_dir) if hypernetwork_dir is not None else None
         self.stack = install_hypernetworks(pipe.unet)
-        self._loaded: dict[str, tuple[float, Hypernetwork]] = {}  # path -> (mtime, network)
+        # path -> (mtime, network), least recently used first: a long-running server keeps a bounded set
+        self._loaded: OrderedDict[str, tuple[float, Hypernetwork]] = OrderedDict()
+        self.max_loaded_networks = max_loaded_networks
         self._attention_widths = attention_widths(pipe.unet)
         self.alphas_cumprod = alphas_cumprod_for(pipe.scheduler.config)
 
@@ -195,23 +196,35 @@ class Generator:
         """Hypernetworks discovered in the folder now (A1111's rules); re-scanned on every call."""
         return list_hypernetworks(self.hypernetwork_dir) if self.hypernetwork_dir else {}
 
-    def _network(self, path: Path) -> Hypernetwork:
+    def upscalers(self) -> dict[str, Path]:
+        """ESRGAN upscalers in the folder now (name: file stem); re-scanned on every call."""
+        return upscalers.list_esrgan(self.esrgan_dir)
+
+    def check_upscaler(self, name: str | None) -> str:
+        """The hires upscaler's name, built in or an ESRGAN file here; an unknown one is an error sentence."""
+        return hires.check_upscaler(name, self.upscalers())
+
+    def network(self, path: Path) -> Hypernetwork:
+        """The network in ``path``, on the model's device in fp32; loaded once while the file is unchanged."""
         mtime = path.stat().st_mtime
         cached = self._loaded.get(str(path))
         if cached is None or cached[0] != mtime:  # a retrained file is reloaded, never stale
             net = load_hypernetwork(path).to(self.device)  # fp32 whatever the model's dtype
             cached = self._loaded[str(path)] = (mtime, net)
+        self._loaded.move_to_end(str(path))
+        while len(self._loaded) > self.max_loaded_networks:
+            self._loaded.popitem(last=False)
         return cached[1]
 
-    def activate(
+    def select(
         self, prompts: list[str], s: Settings, extra: Sequence[tuple[Hypernetwork, float]] = ()
-    ) -> tuple[list[str], list[str], list[Applied], list[str]]:
-        """Parse tags, load and activate the networks (then ``extra``, e.g. a network being trained);
-        returns (clean prompts, infotext prompts, applied, warnings)."""
+    ) -> tuple[list[str], list[str], list[Applied], list[str], list[tuple[Hypernetwork, float]]]:
+        """Parse tags and load the networks they name (then ``extra``, e.g. a network being trained); returns
+        (clean prompts, infotext prompts, applied, warnings, stack entries)."""
         available = self.available()
         batch = parse_batch(prompts, available, sd_hypernetwork=s.sd_hypernetwork,
                             default_multiplier=s.extra_networks_default_multiplier)
-        chosen = [(self._network(available[sel.name]), sel.multiplier, sel.name, str(available[sel.name]))
+        chosen = [(self.network(available[sel.name]), sel.multiplier, sel.name, str(available[sel.name]))
                   for sel in batch.hypernetworks]
         chosen += [(net.to(self.device), m, net.name, net.filename or "") for net, m in extra]
         entries, applied, warnings = [], [], list(batch.warnings)
@@ -228,8 +241,7 @@ class Generator:
                 )
             if not hits:
                 warnings.append(f"hypernetwork {name!r} matches no attention layer of this model: it has no effect.")
-        self.stack.set(entries, dtype=NETWORK_DTYPES[s.hypernetwork_precision])
-        return batch.prompts, batch.infotext_prompts, applied, warnings
+        return batch.prompts, batch.infotext_prompts, applied, warnings, entries
 
     def generate(
         self,
@@ -246,30 +258,34 @@ class Generator:
         """
         hooks = hooks or Hooks(progress=progress)
         adjusted = s.check()
+        if s.enable_hr:
+            self.check_upscaler(s.hr_upscaler)
         base_seed = random.randrange(4294967294) if s.seed == -1 else int(s.seed)
         base_subseed = random.randrange(4294967294) if s.subseed == -1 else int(s.subseed)
         plan(s.params(base_seed, base_subseed))  # bad names and values fail before any work
         encoder = PromptEncoder(self.pipe, clip_skip=s.clip_skip)
         result = Result([], [], [], warnings=adjusted)
         total = s.n_iter * s.steps
-        try:
-            for it in range(s.n_iter):
-                if hooks.interrupted and hooks.interrupted():
-                    break
-                first = it * s.batch_size
-                seed = base_seed + (first if s.subseed_strength == 0 else 0)
-                params = s.params(seed, base_subseed + first)
-                prompts = [s.prompt] * s.batch_size
-                clean, info_prompts, applied, warnings = self.activate(prompts, s, extra_networks)
-                result.applied, result.warnings = applied, list(dict.fromkeys(result.warnings + warnings))
+        for it in range(s.n_iter):
+            if hooks.interrupted and hooks.interrupted():
+                break
+            first = it * s.batch_size
+            seed = base_seed + (first if s.subseed_strength == 0 else 0)
+            params = s.params(seed, base_subseed + first)
+            p = plan(params)
+            prompts = [s.prompt] * s.batch_size
+            clean, info_prompts, applied, warnings, entries = self.select(prompts, s, extra_networks)
+            result.applied, result.warnings = applied, list(dict.fromkeys(result.warnings + warnings))
+            # The networks apply for this batch only; whatever the stack held before (a training run's network)
+            # applies again afterwards. Model calls tell each layer whether folding a linear network pays off.
+            calls = p.steps * (2 if p.sampler.flag.get("second_order") else 1)
+            dtype = precision_dtype(s.hypernetwork_precision)
+            with self.stack.applied(entries, dtype=dtype, expected_calls=calls):
                 images = self._run(encoder, clean[0], s, params, hooks, it * s.steps, total)
-                p = plan(params)
-                for i, (image, prompt) in enumerate(zip(images, info_prompts)):
-                    result.images.append(image)
-                    result.seeds.append(p.seeds[i])
-                    result.infotexts.append(self.infotext(prompt, s, p, i))
-        finally:
-            self.stack.set([])
+            for i, (image, prompt) in enumerate(zip(images, info_prompts)):
+                result.images.append(image)
+                result.seeds.append(p.seeds[i])
+                result.infotexts.append(self.infotext(prompt, s, p, i))
         return result
 
     def _conditioning(self, encoder: PromptEncoder, prompt: str, negative: str, p: Plan, batch: int,
@@ -326,11 +342,13 @@ class Generator:
                common: dict[str, Any]) -> torch.Tensor:
         """A1111's second pass: upscale, fresh same-seed noise at the new size, img2img for exactly the hires steps."""
         target = hires.target_size(s.width, s.height, s.hr_scale, s.hr_resize_x, s.hr_resize_y)
-        upscaler = hires.check_upscaler(s.hr_upscaler)
+        upscaler = self.check_upscaler(s.hr_upscaler)
         if upscaler in hires.LATENT_MODES:
             x = hires.upscale_latent(x, target, upscaler)
         else:
-            images = [hires.upscale_image(im, target, upscaler) for im in latents.decode(self.pipe.vae, x)]
+            files = self.upscalers()
+            model = upscalers.load_esrgan(files[upscaler]).to(self.device) if upscaler in files else None
+            images = [hires.upscale_image(im, target, upscaler, model) for im in latents.decode(self.pipe.vae, x)]
             x = hires.crop(latents.encode(self.pipe.vae, images, self.device), target)
         hr_params = {**params, "Sampler": s.hr_sampler_name or s.sampler_name,
                      "Schedule type": s.hr_scheduler or s.scheduler,

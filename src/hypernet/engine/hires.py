@@ -5,12 +5,15 @@ The second pass itself is an img2img pass of :func:`hypernet.sampling.sample_lat
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from hypernet.engine import upscalers
+from hypernet.engine.upscalers import RRDBNet
 from hypernet.errors import HypernetError
 
 # name -> (interpolation mode, antialias), A1111's ``latent_upscale_modes``
@@ -59,11 +62,13 @@ def target_size(width: int, height: int, scale: float, resize_x: int = 0, resize
     return Target(to_x, to_y, (to_x - resize_x) // 8, (to_y - resize_y) // 8, label)
 
 
-def check_upscaler(name: str | None) -> str:
-    """The upscaler's A1111 name ("Latent" when None); an unknown name raises A1111's error as a sentence."""
+def check_upscaler(name: str | None, models: Iterable[str] = ()) -> str:
+    """The upscaler's A1111 name ("Latent" when None), built in or one of ``models`` (ESRGAN file stems); an
+    unknown name raises A1111's error as a sentence."""
     name = name or "Latent"
-    if name not in UPSCALERS:
-        raise HypernetError(f'could not find upscaler named "{name}"; expected one of: {", ".join(UPSCALERS)}.')
+    known = (*UPSCALERS, *models)
+    if name not in known:
+        raise HypernetError(f'could not find upscaler named "{name}"; expected one of: {", ".join(known)}.')
     return name
 
 
@@ -74,12 +79,14 @@ def upscale_latent(latent: torch.Tensor, target: Target, mode: str) -> torch.Ten
     return crop(out, target)
 
 
-def upscale_image(image: Image.Image, target: Target, name: str) -> Image.Image:
-    """A1111's ``resize_image`` with a weightless upscaler: each side to ``(w * scale) // 8 * 8``, then LANCZOS to
-    the exact target size."""
+def upscale_image(image: Image.Image, target: Target, name: str, model: RRDBNet | None = None) -> Image.Image:
+    """A1111's ``resize_image``: each side to ``(w * scale) // 8 * 8`` with the upscaler (the ESRGAN ``model`` when
+    given, else a weightless resize), then LANCZOS to the exact target size."""
     if name != "None":
         scale = max(target.width / image.width, target.height / image.height)
-        if scale > 1:
+        if scale > 1 and model is not None:
+            image = upscalers.upscale(model, image, scale)
+        elif scale > 1:
             dest = (int((image.width * scale) // 8 * 8), int((image.height * scale) // 8 * 8))
             image = image.resize((int(image.width * scale), int(image.height * scale)), IMAGE_UPSCALERS[name])
             if image.size != dest:

@@ -1,35 +1,30 @@
-"""Hypernetwork files: A1111 ``.pt`` of every era (read and written), our ``.safetensors``, ``.pt.optim`` sidecars.
+"""Reading hypernetwork files: A1111 ``.pt`` of every era, our ``.safetensors``, ``.pt.optim`` sidecars; discovery.
 
-Reading never executes code: pickles are loaded with ``weights_only=True``. Writing is atomic, and ``.pt`` files
-contain only the zip records and pickle globals a stock A1111 accepts, so they can be shared with A1111 users.
+Reading never executes code: pickles are loaded with ``weights_only=True``. Writing lives in
+:mod:`hypernet.network.writing`, which :class:`Hypernetwork` uses for ``save`` (this module builds networks, so the
+writer must not depend on it).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import pickle
 import zipfile
-from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import safetensors
-import safetensors.torch
 import torch
 
 from hypernet.errors import HypernetError
-from hypernet.fileio import atomic_write_bytes, short_hash
+from hypernet.fileio import short_hash
 from hypernet.network.hypernetwork import Architecture, Hypernetwork, check_architecture
+from hypernet.network.writing import EXTENSIONS, SAFETENSORS_FORMAT, save_hypernetwork
 
-SAFETENSORS_FORMAT = "hypernet.hypernetwork/1"
-EXTENSIONS = (".pt", ".safetensors")
+__all__ = ["EXTENSIONS", "describe_file", "list_hypernetworks", "load_hypernetwork", "sanitize_name", "save_hypernetwork"]
 
-# Zip records a stock A1111 allows inside a .pt (newer torch also writes .format_version and .storage_alignment).
-_A1111_RECORDS = ("data.pkl", "version", "byteorder", ".data/serialization_id")
-_ZIP_ALIGNMENT = 64  # torch aligns tensor data so that files can be memory-mapped
 
 
 # =============================================================================================== loading
@@ -223,72 +218,6 @@ def _load_strict(path: Path, width: int, which: str, module: torch.nn.Module, sd
     module.load_state_dict({k: t.to(torch.float32) for k, t in sd.items()}, strict=True)
 
 
-# ================================================================================================ saving
-def save_hypernetwork(hn: Hypernetwork, path: str | os.PathLike[str], *, optimizer: torch.optim.Optimizer | None = None) -> Path:
-    """Write ``hn`` atomically in the format named by the extension; optionally the ``.pt.optim`` sidecar."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".safetensors":
-        if optimizer is not None:
-            raise HypernetError(f"{path}: optimizer state can only be saved next to a .pt file")
-        atomic_write_bytes(path, safetensors_bytes(hn))
-    elif suffix == ".pt":
-        payload: dict[Any, Any] = {w: (OrderedDict(k), OrderedDict(v)) for w, (k, v) in hn.module_state_dicts().items()}
-        payload.update(hn.metadata())
-        atomic_write_bytes(path, a1111_pt_bytes(payload, archive_name=path.stem))
-        if optimizer is not None:
-            write_optimizer_sidecar(path, type(optimizer).__name__, optimizer.state_dict())
-    else:
-        raise HypernetError(f"{path}: unknown hypernetwork file extension; expected one of {', '.join(EXTENSIONS)}")
-    return path
-
-
-def safetensors_bytes(hn: Hypernetwork) -> bytes:
-    """Our safetensors layout: tensors ``<width>.<0=k|1=v>.<state-dict key>``, A1111 metadata as JSON in the header."""
-    tensors = {
-        f"{width}.{i}.{key}": tensor
-        for width, pair in hn.module_state_dicts().items()
-        for i, sd in enumerate(pair)
-        for key, tensor in sd.items()
-    }
-    header = {
-        "format": SAFETENSORS_FORMAT,
-        "widths": json.dumps(hn.widths),
-        "metadata": json.dumps(hn.metadata()),
-    }
-    return safetensors.torch.save(tensors, metadata=header)
-
-
-def a1111_pt_bytes(obj: Any, *, archive_name: str = "archive") -> bytes:
-    """``torch.save`` bytes restricted to the zip records A1111's pre-load check allows, data 64-byte aligned."""
-    raw = io.BytesIO()
-    torch.save(obj, raw)
-    raw.seek(0)
-    prefix = "".join(c for c in archive_name if c not in "/\\") or "archive"
-    out = io.BytesIO()
-    with zipfile.ZipFile(raw) as src, zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as dst:
-        for info in src.infolist():
-            record = info.filename.split("/", 1)[1]
-            if record not in _A1111_RECORDS and not record.startswith("data/"):
-                continue
-            name = f"{prefix}/{record}"
-            zinfo = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            zinfo.compress_type = zipfile.ZIP_STORED
-            header_end = out.tell() + 30 + len(name.encode()) + 4
-            zinfo.extra = b"FB" + (_pad := (-header_end) % _ZIP_ALIGNMENT).to_bytes(2, "little") + b"Z" * _pad
-            dst.writestr(zinfo, src.read(info))
-    return out.getvalue()
-
-
-# ====================================================================================== optimizer sidecar
-def write_optimizer_sidecar(pt_path: Path, optimizer_name: str, state_dict: Mapping[str, Any]) -> Path:
-    """``<file>.pt.optim`` as A1111 writes it, hashed against the ``.pt`` just written so resume finds it."""
-    sidecar = pt_path.with_name(pt_path.name + ".optim")
-    payload = {"optimizer_name": optimizer_name, "hash": short_hash(pt_path), "optimizer_state_dict": state_dict}
-    atomic_write_bytes(sidecar, a1111_pt_bytes(payload, archive_name=sidecar.stem))
-    return sidecar
-
-
 def _read_optimizer_sidecar(hn: Hypernetwork, path: Path) -> None:
     """Keep the optimizer state only if the sidecar's hash matches this file (A1111's rule)."""
     sidecar = path.with_name(path.name + ".optim")
@@ -315,3 +244,36 @@ def list_hypernetworks(directory: str | os.PathLike[str]) -> dict[str, Path]:
             continue
         result[p.stem] = p
     return result
+
+
+def sanitize_name(name: str) -> str:
+    """A1111 keeps only letters, digits and ``._- `` in a new network's name (the file is named after it)."""
+    clean = "".join(c for c in name if c.isalnum() or c in "._- ").strip()
+    if not clean:
+        raise HypernetError(f"hypernetwork name {name!r} has no usable characters (letters, digits, '._- ')")
+    return clean
+
+
+def describe_file(path: str | os.PathLike[str]) -> dict[str, object]:
+    """A file's structure, training state and hash as plain data: what ``inspect``, the HTTP API and the UI show."""
+    path = Path(path)
+    net = load_hypernetwork(path)
+    a = net.arch
+    return {
+        "name": net.name,
+        "file": str(path),
+        "format": "safetensors (hypernet)" if path.suffix.lower() == ".safetensors" else "pt (A1111)",
+        "widths": net.widths,
+        "layer_structure": a.layer_structure,
+        "activation": a.activation_func,
+        "activate_output": a.activate_output,
+        "layer_norm": a.add_layer_norm,
+        "dropout_structure": a.dropout_structure,
+        "weight_init": a.weight_init,
+        "parameters": net.num_parameters(),
+        "step": net.step,
+        "sd_checkpoint": net.sd_checkpoint,
+        "sd_checkpoint_name": net.sd_checkpoint_name,
+        "sha256": short_hash(path),
+        "optimizer_state": net.optimizer_name if net.optimizer_state_dict is not None else None,
+    }

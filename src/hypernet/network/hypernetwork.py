@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from hypernet.defaults import DEFAULT_WIDTHS
 from hypernet.errors import HypernetError
 from hypernet.network.module import WEIGHT_INITS, WIDTH_CHANGING_ACTIVATIONS, HypernetworkModule, check_activation
-
-DEFAULT_WIDTHS = (768, 320, 640, 1280)
+from hypernet.network.writing import save_hypernetwork
 
 
 @dataclass
@@ -220,16 +220,7 @@ class Hypernetwork(nn.Module):
 
         With ``optimizer``, an A1111 ``.pt.optim`` sidecar is written next to a ``.pt`` for exact resume.
         """
-        from hypernet.network import files
-
-        return files.save_hypernetwork(self, path, optimizer=optimizer)
-
-    def describe(self) -> str:
-        a = self.arch
-        return (
-            f"{self.name}: widths {self.widths}, layers {a.layer_structure}, activation {a.activation_func}, "
-            f"layer norm {a.add_layer_norm}, dropout {a.dropout_structure}, step {self.step}"
-        )
+        return save_hypernetwork(self, path, optimizer=optimizer)
 
 
 def _cpu_fp32(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

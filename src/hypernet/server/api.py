@@ -14,9 +14,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from hypernet.engine.hires import IMAGE_UPSCALERS, LATENT_MODES
 from hypernet.engine.infotext import parse_infotext, read_infotext
+from hypernet.engine.upscalers import list_esrgan
 from hypernet.errors import HypernetError
-from hypernet.server import hypernetworks
+from hypernet.sampling import SAMPLERS, SCHEDULES
+from hypernet.server import export, hypernetworks
 from hypernet.server.generation import plan_request, respond, run_plan
 from hypernet.server.jobs import ClientGone, JobCancelled, wait_for_job
 from hypernet.server.models import M
@@ -100,6 +103,7 @@ def build_router(state: ServerState) -> APIRouter:
         return None
 
     hypernetworks.add_routes(api, state)
+    export.add_routes(api, state)
 
     # ------------------------------------------------------------------ settings and control
     @api.get("/options")
@@ -168,14 +172,10 @@ def build_router(state: ServerState) -> APIRouter:
 
     @api.get("/samplers", response_model=list[M.SamplerItem])
     def samplers() -> Any:
-        from hypernet.sampling import SAMPLERS
-
         return [s.as_api() for s in SAMPLERS]
 
     @api.get("/schedulers", response_model=list[M.SchedulerItem])
     def schedulers() -> Any:
-        from hypernet.sampling import SCHEDULES
-
         return [s.as_api() for s in SCHEDULES]
 
     # ------------------------------------------------------------------ images
@@ -190,7 +190,8 @@ def build_router(state: ServerState) -> APIRouter:
     # ------------------------------------------------------------------ honest lists of what we do not have
     @api.get("/scripts", response_model=M.ScriptsList)
     def scripts() -> Any:
-        return {"txt2img": [], "img2img": []}
+        """A1111's built-in X/Y/Z plot (``script_name: "x/y/z plot"``) on txt2img; no other scripts."""
+        return {"txt2img": ["x/y/z plot"], "img2img": []}
 
     @api.get("/script-info")
     def script_info() -> list[Any]:
@@ -202,15 +203,13 @@ def build_router(state: ServerState) -> APIRouter:
 
     @api.get("/upscalers")
     def upscalers() -> Any:
-        from hypernet.engine.hires import IMAGE_UPSCALERS
-
-        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
-                for name in IMAGE_UPSCALERS]
+        return [*({"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4}
+                  for name in IMAGE_UPSCALERS),
+                *({"name": name, "model_name": "ESRGAN", "model_path": str(path), "model_url": None, "scale": 4}
+                  for name, path in list_esrgan(state.config.esrgan_dir).items())]
 
     @api.get("/latent-upscale-modes")
     def latent_upscale_modes() -> Any:
-        from hypernet.engine.hires import LATENT_MODES
-
         return [{"name": name} for name in LATENT_MODES]
 
     for path in ("/loras", "/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models", "/extensions"):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import socket
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.errors import HypernetError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -59,7 +59,8 @@ def serve(
     api_auth: Annotated[Optional[str], typer.Option("--api-auth", help="user:password[,user2:password2]: HTTP Basic auth for every route, UI included.")] = None,
     ckpt: Annotated[Optional[Path], typer.Option(help="Checkpoint to load (.safetensors/.ckpt or diffusers folder); default: the first in --models-dir, else hypernet's embedded toy model.")] = None,
     models_dir: Annotated[Path, typer.Option(help="Checkpoints offered by /sd-models and the model setting.")] = Path("models/Stable-diffusion"),
-    hypernetwork_dir: Annotated[Path, typer.Option(help="Hypernetworks: <hypernet:NAME> names, create and train.")] = Path(os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks")),
+    hypernetwork_dir: Annotated[Path, typer.Option(help="Hypernetworks: <hypernet:NAME> names, create and train.")] = default_hypernetwork_dir(),
+    esrgan_dir: Annotated[Path, typer.Option(help="ESRGAN upscaler models (.pth/.safetensors) offered to the hires fix.")] = Path("models/ESRGAN"),
     data_dir: Annotated[Path, typer.Option(help="Training and preprocessing folders named by requests must lie inside this one.")] = Path("training_data"),
     log_dir: Annotated[Path, typer.Option(help="Training logs (A1111's log_directory) must lie inside this one.")] = Path("textual_inversion"),
     outputs_dir: Annotated[Path, typer.Option(help="Where save_images=true writes images.")] = Path("outputs"),
@@ -98,6 +99,7 @@ def serve(
         ckpt=ckpt,
         models_dir=models_dir,
         hypernetwork_dir=hypernetwork_dir,
+        esrgan_dir=esrgan_dir,
         data_dir=data_dir,
         log_dir=log_dir,
         outputs_dir=outputs_dir,

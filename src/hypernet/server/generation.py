@@ -88,6 +88,7 @@ class Plan:
     overrides: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     subseed: int = -1  # the variation seed actually drawn (A1111 reports it even when its strength is 0)
+    plot: Any = None  # hypernet.grid.plot.Plot when script_name is "x/y/z plot"
 
 
 @dataclass
@@ -101,6 +102,7 @@ class Outcome:
     skipped: int = 0
     seconds: float = 0.0
     model: Any = None  # the ModelInfo it ran on (an override may have switched models for this request only)
+    plot: Any = None  # hypernet.grid.plot.PlotResult of an X/Y/Z plot
 
 
 def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
@@ -108,11 +110,12 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
     from hypernet.engine.generate import Settings
     from hypernet.prompt.tags import parse_batch, parse_prompt
     from hypernet.sampling import resolve_sampler
+    from hypernet.server.xyz import is_plot, plan_plot
 
     values = with_defaults(request)
     if values.get("infotext"):
         _fill_from_infotext(values, request.model_fields_set)
-    if values["script_name"]:
+    if values["script_name"] and not (kind == "txt2img" and is_plot(values["script_name"])):
         raise ApiError(422, f"Script '{values['script_name']}' not found")
     for name in values["alwayson_scripts"] or {}:
         raise ApiError(422, f"always on script {name} not found")
@@ -185,12 +188,15 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
         settings.sampler_name = FALLBACK_SAMPLER
     generator = state.model.generator
     resolve_sampler(settings.sampler_name, settings.scheduler)  # names, early
+    if settings.enable_hr:
+        generator.check_upscaler(settings.hr_upscaler)
     if settings.enable_hr and (settings.hr_sampler_name or settings.hr_scheduler):
         resolve_sampler(settings.hr_sampler_name or settings.sampler_name, settings.hr_scheduler or "Automatic")
     parse_batch([settings.prompt], generator.available(), sd_hypernetwork=settings.sd_hypernetwork)  # names, early
     if settings.subseed == -1:  # drawn here, so that info.all_subseeds reports what the sampler used
         settings.subseed = random.randrange(2**32)
-    return Plan(kind, values, settings, overrides, warnings, settings.subseed)
+    plot = plan_plot(state, values["script_args"], settings) if values["script_name"] else None
+    return Plan(kind, values, settings, overrides, warnings, subseed=settings.subseed, plot=plot)
 
 
 def _fill_from_infotext(values: dict[str, Any], explicitly_set: set[str]) -> None:
@@ -240,9 +246,14 @@ def run_plan(state: ServerState, plan: Plan, job: Job) -> Outcome:
 
 def _generate(state: ServerState, plan: Plan, job: Job) -> Outcome:
     from hypernet.engine.generate import Hooks
+    from hypernet.server.xyz import run_plot_job
 
     generator = state.model.generator
     s = plan.settings
+    if plan.plot is not None:
+        result = run_plot_job(state, plan.plot, s, job)
+        return Outcome(result.images, result.infotexts, result.cell_seeds, [], plan.warnings + result.warnings,
+                       result.interrupted, model=generator.info, plot=result)
     per_batch = _steps_run(s)
     job.job_count, job.sampling_steps = s.n_iter, per_batch
     outcome = Outcome(warnings=list(plan.warnings), model=generator.info)
@@ -277,12 +288,16 @@ def _steps_run(s: Any) -> int:
 
 def respond(state: ServerState, plan: Plan, outcome: Outcome) -> dict[str, Any]:
     """A1111's response: raw base64 images, the request echoed with defaults, and ``info`` as a JSON string."""
+    from hypernet.server.xyz import save_plot_images
+
     option = lambda key: plan.overrides.get(key, state.option(key))  # noqa: E731
     fmt = str(option("samples_format")).lower()
     with_info = bool(option("enable_pnginfo"))
     encoded = [image_bytes(image, text if with_info else None, fmt, int(option("jpeg_quality")))
                for image, text in zip(outcome.images, outcome.infotexts)]
-    if plan.values["save_images"]:
+    if plan.values["save_images"] and outcome.plot is not None:
+        save_plot_images(state, outcome.plot, fmt)
+    elif plan.values["save_images"]:
         _save(state, plan, outcome, fmt)
     parameters = dict(plan.values)
     if plan.kind == "img2img":

@@ -16,9 +16,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from hypernet.errors import HypernetError
+from hypernet.network import Hypernetwork
 from hypernet.server.jobs import Job, wait_for_job
 from hypernet.server.security import ApiError, check_plain_name, confine
-from hypernet.server.state import KEPT_RUNS, OPTION_DEFAULTS, ServerState
+from hypernet.server.state import KEPT_RUNS, OPTION_DEFAULTS, ServerState, TrainingRecord
 from hypernet.settings import CreateSettings, SettingsError
 from hypernet.settings.base import field_names
 from hypernet.settings.train import SERVER_DECIDES, TrainSettings
@@ -28,8 +29,6 @@ log = logging.getLogger("hypernet.server")
 
 def create_hypernetwork(state: ServerState, body: dict[str, Any]) -> Path:
     """A1111's "Create hypernetwork" with its keyword arguments; returns the written ``.pt`` file."""
-    from hypernet.network import Hypernetwork
-
     check_plain_name(str(body.get("name") or ""), "name")  # paths are a 403 before anything else
     settings = CreateSettings.parse(body)
     path = Path(state.config.hypernetwork_dir) / f"{settings.name}.pt"
@@ -117,7 +116,6 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
     def run(job: Job) -> Any:
         state.reload()
         generator = state.model.generator
-        generator.stack.set([])
         losses: list[tuple[int, float]] = []
         live: dict[str, Any] = {"name": config.name, "phase": "preparing", "step": 0, "final_step": config.steps,
                                 "start_step": 0, "loss": None, "loss_avg": None, "learn_rate": None, "message": ""}
@@ -138,35 +136,33 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
                 shown_preview[0] = p.last_preview
                 job.preview_png = Path(p.last_preview).read_bytes()
 
-        record: dict[str, Any] = {"name": config.name, "losses": losses, "live": live, "result": None, "error": None}
-        state.last_training = record
+        record = state.last_training = TrainingRecord(config.name, live, losses)
         state.remember_training(job.id, record)
         try:
             result = train_hypernetwork(config, pipe=generator.pipe, info=generator.info, progress=progress,
                                         should_stop=lambda: job.interrupted)
         except Exception as e:
-            record["error"] = str(e)
+            record.error = str(e)
             raise
         finally:
-            generator.stack.set([])
-            record["preview_png"] = job.preview_png
-        record["result"] = result
+            record.preview_png = job.preview_png
+        record.result = result
         return result
 
     return run
 
 
-def training_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+def training_summary(record: TrainingRecord | None) -> dict[str, Any] | None:
     """The last run's outcome for ``/progress`` once it is over, so that ``?async=true`` clients learn how it ended."""
-    if record is None or (record["result"] is None and record["error"] is None):
+    if record is None or (record.result is None and record.error is None):
         return None
-    summary = dict(record["live"])
-    result = record["result"]
+    summary = dict(record.live)
+    result = record.result
     if result is not None:
         summary |= {"phase": "done", "step": result.step, "stopped": result.stopped, "message": result.message,
                     "filename": result.filename, "log_directory": result.log_directory}
     else:
-        summary |= {"phase": "failed", "stopped": "error", "message": record["error"]}
+        summary |= {"phase": "failed", "stopped": "error", "message": record.error}
     return summary
 
 
@@ -227,7 +223,7 @@ def add_routes(api: APIRouter, state: ServerState) -> None:
         record = state.training_runs.get(id_task)
         if record is None:
             raise ApiError(404, f"no training task {id_task!r} (the {KEPT_RUNS} most recent are kept).")
-        return training_summary(record) or dict(record["live"])
+        return training_summary(record) or dict(record.live)
 
     @api.post("/train/hypernetwork")
     async def train(request: Request, body: dict[str, Any], run_async: bool = Query(False, alias="async")) -> dict[str, Any]:
@@ -241,9 +237,8 @@ def add_routes(api: APIRouter, state: ServerState) -> None:
             return train_info(state, None, error=e)
         job = state.jobs.submit("train-hypernetwork", training_job(state, config), task_id=str(body.get("id_task") or "") or None)
         if run_async:
-            state.remember_training(job.id, {"name": config.name, "losses": [], "result": None, "error": None,
-                                             "live": {"name": config.name, "phase": "queued", "step": 0,
-                                                      "final_step": config.steps}})
+            state.remember_training(job.id, TrainingRecord(config.name, {"name": config.name, "phase": "queued",
+                                                                         "step": 0, "final_step": config.steps}))
             return {"info": f"train hypernetwork started: {config.name}", "task_id": job.id}
         try:
             result = await wait_for_job(request, state.jobs, job, abandon=False)  # a client timeout must not stop it

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from hypernet.defaults import A1111_HYPERNETWORK_DIR, TOY_CHECKPOINT, TOY_NOTE
 from hypernet.errors import HypernetError
 from hypernet.server.jobs import JobQueue
 from hypernet.settings import SettingsError
@@ -31,6 +32,18 @@ CHECKPOINT_FILE_SUFFIXES = (".safetensors", ".ckpt")
 OPTION_DEFAULTS: Mapping[str, Any] = MappingProxyType(ServerOptions().model_dump())
 KEPT_RUNS = 64
 READ_ONLY_OPTIONS = frozenset(k for k in ServerOptions.model_fields if not ServerOptions.surface(k).api)
+
+
+@dataclass
+class TrainingRecord:
+    """The server's last training run, as the training job leaves it for ``/progress`` and the web UI's chart."""
+
+    name: str
+    live: dict[str, Any]  # the latest progress, in the shape ``/progress`` reports under "training"
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    result: Any = None  # the TrainResult once the run has ended
+    error: str | None = None  # why it failed, if it raised
+    preview_png: bytes | None = None  # the last preview, kept once the job is gone
 
 
 @dataclass(frozen=True)
@@ -51,7 +64,8 @@ class ServerConfig:
 
     ckpt: Path | None = None
     models_dir: Path = Path("models/Stable-diffusion")
-    hypernetwork_dir: Path = Path("models/hypernetworks")
+    hypernetwork_dir: Path = A1111_HYPERNETWORK_DIR
+    esrgan_dir: Path = Path("models/ESRGAN")
     data_dir: Path = Path("training_data")
     log_dir: Path = Path("textual_inversion")
     outputs_dir: Path = Path("outputs")
@@ -67,7 +81,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         # absolute, so that answers (A1111 lists full paths) and confinement do not depend on a later chdir
-        for name in ("ckpt", "models_dir", "hypernetwork_dir", "data_dir", "log_dir", "outputs_dir"):
+        for name in ("ckpt", "models_dir", "hypernetwork_dir", "esrgan_dir", "data_dir", "log_dir", "outputs_dir"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).expanduser().absolute())
@@ -79,6 +93,8 @@ class ServerConfig:
             "ckpt_dir": str(self.models_dir),
             "models_dir": str(self.models_dir),
             "hypernetwork_dir": str(self.hypernetwork_dir),
+            "esrgan_dir": str(self.esrgan_dir),
+            "esrgan_models_path": str(self.esrgan_dir),
             "data_dir": str(self.data_dir),
             "log_dir": str(self.log_dir),
             "outputs_dir": str(self.outputs_dir),
@@ -138,8 +154,8 @@ class ServerState:
         self.jobs = JobQueue()
         self._options: dict[str, Any] = dict(OPTION_DEFAULTS) | training_defaults()
         self._options_lock = threading.Lock()
-        self.last_training: dict[str, Any] | None = None  # the UI shows the finished run's losses
-        self.training_runs: OrderedDict[str, dict[str, Any]] = OrderedDict()  # task id -> run record (newest last)
+        self.last_training: TrainingRecord | None = None  # the UI shows the finished run's losses
+        self.training_runs: OrderedDict[str, TrainingRecord] = OrderedDict()  # task id -> its run (newest last)
         self.unloaded = False
         self.checkpoints = self.scan_checkpoints()
 
@@ -166,7 +182,7 @@ class ServerState:
             self.model.generator.pipe.to(self.device)
             self.unloaded = False
 
-    def remember_training(self, task_id: str, record: dict[str, Any]) -> None:
+    def remember_training(self, task_id: str, record: TrainingRecord) -> None:
         """Keep a run's record under its task id, so that queued ``?async=true`` runs never overwrite each other's
         outcome (the oldest of more than ``KEPT_RUNS`` are forgotten)."""
         self.training_runs[task_id] = record
@@ -183,10 +199,8 @@ class ServerState:
         elif found:
             chosen = found[0]
         else:  # nothing of the user's: the embedded toy model, so a fresh install serves something real
-            from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE
-
-            log.warning("%s; pass --ckpt FILE or put checkpoints in %s", DEFAULT_NOTE, config.models_dir)
-            chosen = Checkpoint(CHECKPOINT, CHECKPOINT.name)
+            log.warning("%s; pass --ckpt FILE or put checkpoints in %s", TOY_NOTE, config.models_dir)
+            chosen = Checkpoint(TOY_CHECKPOINT, TOY_CHECKPOINT.name)
         return cls(config, load_model(chosen, config))
 
     # ------------------------------------------------------------------ checkpoints
@@ -286,27 +300,13 @@ def scan_checkpoints(config: ServerConfig) -> list[Checkpoint]:
     return sorted(found, key=lambda c: c.name.lower())
 
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
 def load_model(checkpoint: Checkpoint, config: ServerConfig) -> LoadedModel:
     """Load a checkpoint onto the configured device, as ``hypernet generate`` does (same memory options)."""
-    import torch
+    from hypernet.engine.generate import Generator
+    from hypernet.engine.loading import open_model
 
-    from hypernet.engine.checkpoints import load_pipeline
-    from hypernet.engine.generate import Generator, apply_memory_options
-
-    if config.precision not in PRECISIONS:
-        raise HypernetError(f"--precision {config.precision!r} must be one of {', '.join(PRECISIONS)}.")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.precision]
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    log.info("loading %s (%s, %s)", checkpoint.path, device, config.precision)
-    pipe, info = load_pipeline(checkpoint.path, dtype=dtype)
-    if not (config.medvram or config.lowvram):
-        try:
-            pipe.to(device)
-        except (RuntimeError, AssertionError) as e:
-            raise HypernetError(f"--device {device}: the model cannot be moved there ({e}).") from None
-    apply_memory_options(pipe, medvram=config.medvram, lowvram=config.lowvram)
+    log.info("loading %s (%s, %s)", checkpoint.path, config.device or "default device", config.precision)
+    pipe, info = open_model(checkpoint.path, precision=config.precision, device=config.device,
+                            medvram=config.medvram, lowvram=config.lowvram)
     named = Checkpoint(checkpoint.path, checkpoint.name, info.short_hash)
-    return LoadedModel(named, Generator(pipe, info, config.hypernetwork_dir))
+    return LoadedModel(named, Generator(pipe, info, config.hypernetwork_dir, config.esrgan_dir))

@@ -52,6 +52,7 @@ def tiny_server_config(root: str | Path, *, ui: bool = False, api_auth: tuple[tu
         ckpt=checkpoint,
         models_dir=checkpoint.parent,
         hypernetwork_dir=networks,
+        esrgan_dir=root / "models" / "ESRGAN",
         data_dir=data,
         log_dir=root / "textual_inversion",
         outputs_dir=root / "outputs",

@@ -23,14 +23,18 @@ from PIL import Image, ImageDraw  # noqa: E402
 from hypernet.engine.attention import attention_widths  # noqa: E402
 from hypernet.engine.hires import UPSCALERS  # noqa: E402
 from hypernet.engine.infotext import parse_infotext, read_infotext  # noqa: E402
+from hypernet.engine.upscalers import list_esrgan  # noqa: E402
 from hypernet.engine.paste import settings_from_infotext  # noqa: E402
 from hypernet.errors import HypernetError  # noqa: E402
+from hypernet.network import describe_file  # noqa: E402
 from hypernet.sampling import resolve_sampler  # noqa: E402
+from hypernet.server.export_ui import export_panel  # noqa: E402
 from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: E402
 from hypernet.server.hypernetworks import create_hypernetwork  # noqa: E402
 from hypernet.server.inputs import component, ui_fields  # noqa: E402
 from hypernet.server.models import M  # noqa: E402
 from hypernet.server.state import ServerState  # noqa: E402
+from hypernet.server.ui_grid import XYZControls  # noqa: E402
 from hypernet.settings import CreateSettings, PreprocessSettings  # noqa: E402
 from hypernet.settings import GenerateSettings as G  # noqa: E402
 from hypernet.settings.train import TrainSettings  # noqa: E402
@@ -39,6 +43,7 @@ CSS = """
 #hn_cards .caption-label { white-space: normal; }
 .hn-note { font-size: 0.9em; opacity: 0.8; }
 """
+SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"  # A1111's hires "same as first pass"
 PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".jpeg", ".webp")
 
 
@@ -85,8 +90,6 @@ def build_ui(state: ServerState) -> gr.Blocks:
     described: dict[str, tuple[float, dict[str, Any]]] = {}  # path -> (mtime, describe_file) cache
 
     def describe(path: Path) -> dict[str, Any]:
-        from hypernet.cli import describe_file
-
         mtime = path.stat().st_mtime
         hit = described.get(str(path))
         if hit is None or hit[0] != mtime:
@@ -198,10 +201,11 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                 c["subseed_strength"] = gr.Slider(0.0, 1.0, value=0.0, step=0.01,
                                                                   label="Variation strength", elem_id=f"{kind}_subseed_strength")
                             if kind == "txt2img":
-                                with gr.Accordion("Hires. fix", open=False):
+                                with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hires_fix"):
                                     c["enable_hr"] = gr.Checkbox(label="Hires. fix", elem_id="txt2img_enable_hr")
                                     with gr.Row():
-                                        c["hr_upscaler"] = gr.Dropdown(list(UPSCALERS), value="Latent", label="Upscaler",
+                                        c["hr_upscaler"] = gr.Dropdown([*UPSCALERS, *list_esrgan(state.config.esrgan_dir)],
+                                                                       value="Latent", label="Upscaler",
                                                                        elem_id="txt2img_hr_upscaler")
                                         c["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
                                                                               elem_id="txt2img_hires_steps")
@@ -211,6 +215,20 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                                                             elem_id="txt2img_denoising_strength")
                                         c["hr_scale"] = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by",
                                                                   elem_id="txt2img_hr_scale")
+                                    with gr.Row():  # A1111's choices; "Use same ..." is the first pass's
+                                        c["hr_sampler_name"] = gr.Dropdown([SAME_SAMPLER, *samplers], value=SAME_SAMPLER,
+                                                                           label="Hires sampling method",
+                                                                           elem_id="hr_sampler")
+                                        c["hr_scheduler"] = gr.Dropdown([SAME_SCHEDULER, *schedules],
+                                                                        value=SAME_SCHEDULER, label="Hires schedule type",
+                                                                        elem_id="hr_scheduler")
+                                    c["hr_prompt"] = gr.Textbox(label="Hires prompt", lines=2, elem_id="hires_prompt",
+                                                                placeholder="Leave empty to use the same prompt.")
+                                    c["hr_negative_prompt"] = gr.Textbox(label="Hires negative prompt", lines=2,
+                                                                         elem_id="hires_neg_prompt",
+                                                                         placeholder="Leave empty to use the same "
+                                                                                     "negative prompt.")
+                            c["script"] = XYZControls().inputs if kind == "txt2img" else []
                         with gr.Column():
                             c["gallery"] = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{kind}_gallery",
                                                       height=420)
@@ -229,6 +247,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
                 gallery = gr.Gallery(label="Hypernetworks", columns=6, fit_columns=False, allow_preview=False,
                                      elem_id="hn_cards", height="auto", object_fit="contain")
                 table = gr.Markdown(elem_id="hn_table")
+                export_panel(state)
 
             # ---------------------------------------------------------------- Train
             with gr.Tab("Train", id="train"):
@@ -270,13 +289,19 @@ def build_ui(state: ServerState) -> gr.Blocks:
             names = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height",
                      "batch_size", "n_iter", "cfg_scale", "seed", "subseed", "subseed_strength"] + (
                 ["init_image", "denoising_strength"] if kind == "img2img" else
-                ["enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale"])
+                ["enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_sampler_name",
+                 "hr_scheduler", "hr_prompt", "hr_negative_prompt"])
 
             def on_generate(*values: Any, kind: str = kind, names: list[str] = names) -> Iterator[tuple[Any, str, str]]:
                 fields = dict(zip(names, values))
+                if kind == "txt2img":
+                    fields |= XYZControls.fields(list(values[len(names):]))
                 for key in ("steps", "width", "height", "batch_size", "n_iter", "seed", "subseed", "hr_second_pass_steps"):
                     if key in fields:
                         fields[key] = int(fields[key] if fields[key] is not None else -1)
+                for key, same in (("hr_sampler_name", SAME_SAMPLER), ("hr_scheduler", SAME_SCHEDULER)):
+                    if fields.get(key) == same:
+                        fields[key] = None
                 init = fields.pop("init_image", None)
                 if kind == "img2img":
                     if init is None:
@@ -286,7 +311,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
                     fields["init_images"] = [encode_png_b64(init)]
                 yield from generate(kind, fields)
 
-            c["go"].click(on_generate, [c[n] for n in names], [c["gallery"], c["info"], c["status"]],
+            c["go"].click(on_generate, [c[n] for n in names] + c["script"], [c["gallery"], c["info"], c["status"]],
                           concurrency_limit=None)
             c["interrupt"].click(state.jobs.interrupt, None, None, queue=False)
             c["skip"].click(state.jobs.skip, None, None, queue=False)
@@ -334,7 +359,8 @@ def build_ui(state: ServerState) -> gr.Blocks:
 
         png_image.change(on_png, png_image, [png_text, png_parsed])
 
-        pasted_names = [n for n in tabs["txt2img"] if n not in ("go", "interrupt", "skip", "gallery", "status", "info")]
+        pasted_names = [n for n in tabs["txt2img"]
+                        if n not in ("go", "interrupt", "skip", "gallery", "status", "info", "script")]
 
         def send_to_txt2img(text: str) -> list[Any]:
             """A1111's "Send to txt2img": every field of the infotext that txt2img has; the rest is listed."""
@@ -478,17 +504,16 @@ class TrainingTabs:
             record = state.last_training
             if record is None:
                 return gr.skip(), gr.skip(), gr.skip(), shown
-            live, losses = record["live"], record["losses"]
-            result = record.get("result")
+            live, losses, result = record.live, record.losses, record.result
             if result is not None:
                 text = result.message
-            elif record.get("error"):
-                text = f"Training failed: {record['error']}"
+            elif record.error:
+                text = f"Training failed: {record.error}"
             else:
                 loss = f", loss {live['loss_avg']:.6f}" if live.get("loss_avg") is not None else ""
                 text = live.get("message") or f"Training {live['name']}: step {live['step']}/{live['final_step']}{loss}"
             job = state.jobs.current
-            png = job.preview_png if job is not None and job.name == "train-hypernetwork" else record.get("preview_png")
+            png = job.preview_png if job is not None and job.name == "train-hypernetwork" else record.preview_png
             count = len(losses)
             chart_value = gr.skip()
             if count != shown[0]:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from hypernet.defaults import DEFAULT_WIDTHS
 from hypernet.settings import limits as L
 from hypernet.settings.base import On, SettingsModel
 
@@ -53,7 +54,7 @@ class CreateSettings(SettingsModel):
                                               "...)."),
                             On(cli=("--sizes",), ui="Modules for these widths",
                                expect=f"1 to {L.MAX_NETWORK_WIDTHS} widths, each from 1 to {L.MAX_NETWORK_WIDTH}")
-                            ] = [768, 320, 640, 1280]
+                            ] = list(DEFAULT_WIDTHS)
     layer_structure: Annotated[list[Annotated[float, Field(gt=0, le=L.MAX_LAYER_MULTIPLIER)]],
                                Field(min_length=2, max_length=L.MAX_LAYER_ENTRIES,
                                      description='Layer sizes as multiples of the width, e.g. "1, 2, 1"; starts and '

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from hypernet.defaults import A1111_HYPERNETWORK_DIR, TRAIN_PRECISIONS
 from hypernet.settings import limits as L
 from hypernet.settings.base import On, SettingsModel
 
@@ -173,7 +174,7 @@ class TrainSettings(SettingsModel):
     hypernetwork_dir: Annotated[str, Field(max_length=4096, description="Where NAME is found and the final network "
                                            "is saved."),
                                 On(cli=("--hypernetwork-dir", "--dir"), ui=None, api=False, why=SERVER_DECIDES)
-                                ] = "models/hypernetworks"
+                                ] = str(A1111_HYPERNETWORK_DIR)
     templates_dir: Annotated[str | None, Field(max_length=4096, description="More template files (looked up by "
                                                "file name)."),
                              On(ui=None, api=False, why=SERVER_DECIDES)] = None
@@ -187,7 +188,7 @@ class TrainSettings(SettingsModel):
     device: Annotated[str | None, Field(max_length=64, description="cuda, cuda:1, cpu (default: cuda if "
                                         "available)."),
                       On(ui=None, api=False, why=SERVER_DECIDES)] = None
-    precision: Annotated[Literal["auto", "no", "fp16", "bf16"], Field(description="auto (bf16/fp16 autocast on "
+    precision: Annotated[Literal[TRAIN_PRECISIONS], Field(description="auto (bf16/fp16 autocast on "
                                                                       "CUDA, fp32 on CPU), no, fp16 or bf16; the "
                                                                       "network stays fp32."),
                          On(ui=None, why="a GPU choice the UI leaves on auto")] = "auto"

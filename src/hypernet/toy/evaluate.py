@@ -12,7 +12,7 @@ from pathlib import Path
 
 from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator, Settings
-from hypernet.toy.model import CHECKPOINT
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 from hypernet.toy.world import detect_colour, detect_shape, split_scenes
 
 

@@ -2,11 +2,11 @@
 
 It is an ordinary SD 1.x pipeline (VAE, UNet with cross-attention, CLIP text encoder with hypernet's tokenizer),
 saved as an A1111-style single file, so it loads and generates through exactly the code real checkpoints use.
+Its path and image size are in :mod:`hypernet.defaults` (the CLI, server and trainer fall back to it without
+importing this package).
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
@@ -14,10 +14,6 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from hypernet.engine.checkpoints import assemble_pipeline, family_configs
 
-CHECKPOINT = Path(__file__).resolve().parents[1] / "assets" / "toy" / "toy-sd1.safetensors"
-SIZE = 64  # the toy world's image size; its UNet works on 8x8 latents
-DEFAULT_NOTE = (f"no model given: using hypernet's embedded toy model ({CHECKPOINT.name}, {SIZE}x{SIZE} scenes such as "
-                "'a red circle on a white background, top left')")
 TEXT_WIDTH = 32  # the toy world has 20 words; 32 keeps the (full-vocabulary) token table at 3 MB in fp16
 
 

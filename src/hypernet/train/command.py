@@ -11,8 +11,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+import typer
+
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.settings import cli as settings_cli
 from hypernet.settings.train import TrainSettings
+from hypernet.train.config import TrainConfig
 
 if TYPE_CHECKING:  # the loop imports torch and diffusers; the CLI loads it only when training
     from hypernet.train.loop import TrainProgress, TrainResult
@@ -29,31 +34,27 @@ def _flags(values: dict[str, Any], extras: dict[str, Any]) -> None:
         values["training_tensorboard_save_images"] = True
     if extras.pop("keep_models_on_gpu"):
         values["unload_models_when_training"] = False
-    values.setdefault("hypernetwork_dir", os.environ.get("HYPERNET_HYPERNETWORK_DIR", "models/hypernetworks"))
+    values.setdefault("hypernetwork_dir", str(default_hypernetwork_dir()))
     if any(key in values for key in PREVIEW_FIELDS if key != "preview_seed"):
         values["preview_from_txt2img"] = True
 
 
 def _train(settings: TrainSettings) -> None:
     """Train a hypernetwork on a folder of images, like A1111's Train tab: resumable, NaN-safe, Ctrl-C saves."""
-    import typer
     from rich.console import Console
-
-    from hypernet.train.config import TrainConfig
 
     values = settings.model_dump()
     TrainConfig(**values).check()  # missing folders and files, before torch and the model load
 
-    from hypernet.toy.model import CHECKPOINT, DEFAULT_NOTE, SIZE
     from hypernet.train.loop import train_hypernetwork
 
     given = settings.model_fields_set
     if settings.model is None:
-        Console(stderr=True).print(DEFAULT_NOTE, style="dim", markup=False)
-        values["model"] = str(CHECKPOINT)
+        Console(stderr=True).print(TOY_NOTE, style="dim", markup=False)
+        values["model"] = str(TOY_CHECKPOINT)
         for name in ("training_width", "training_height"):
             if name not in given:
-                values[name] = SIZE
+                values[name] = TOY_SIZE
     for preview, training in (("preview_width", "training_width"), ("preview_height", "training_height")):
         if preview not in given:
             values[preview] = values[training]  # previews at the training size unless asked otherwise

@@ -20,6 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from hypernet.errors import HypernetError
+from hypernet.imageio import open_image
 
 TEMPLATES_DIR = Path(__file__).resolve().with_name("templates")
 LATENT_SCALE = 8  # every SD VAE maps 8x8 pixels to one latent
@@ -116,12 +117,12 @@ class LoadedImage:
 
 def read_image(path: Path, size: tuple[int, int] | None) -> LoadedImage:
     """RGB in [-1, 1], resized with BICUBIC to ``size`` (width, height), or (varsize) centre-cropped to multiples
-    of 8 so the VAE can encode it. Raises OSError/UnidentifiedImageError/ValueError for files that are no image."""
-    with Image.open(path) as image:
-        image.load()
-        original = image.size
-        alpha = image.getchannel("A") if "A" in image.getbands() else None
-        rgb = image.convert("RGB")
+    of 8 so the VAE can encode it. Raises OSError/UnidentifiedImageError/ValueError/SyntaxError for files that are
+    no image."""
+    image = open_image(path)  # upright (EXIF orientation) and sRGB (ICC profile), as preparation reads it
+    original = image.size
+    alpha = image.getchannel("A") if image.mode == "RGBA" else None
+    rgb = image.convert("RGB")
     if size is None:
         width, height = (original[0] // LATENT_SCALE) * LATENT_SCALE, (original[1] // LATENT_SCALE) * LATENT_SCALE
         if width == 0 or height == 0:
@@ -350,7 +351,7 @@ def build_dataset(
                 on_image(number, len(candidates))
             try:
                 loaded = read_image(path, size)
-            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                 skipped.append(f"{path.name} ({_reason(e)})")
                 continue
             dist = vae.encode(loaded.pixels[None].to(device, torch.float32)).latent_dist
