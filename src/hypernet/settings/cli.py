@@ -172,7 +172,8 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> Non
         command = e.ctx.command_path if getattr(e, "ctx", None) is not None else prog_name
         say(f"error: {e.format_message()} (see `{command} --help`)", err=True)
         sys.exit(e.exit_code)
-    sys.exit(code if isinstance(code, int) else 0)
+    if isinstance(code, int) and code != 0:  # typer.Exit(1) and the like; success simply returns
+        sys.exit(code)
 
 
 def say(text: str, *, err: bool = False) -> None:

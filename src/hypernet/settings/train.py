@@ -18,29 +18,35 @@ _EXAMPLE = '"5e-5:100, 5e-6:1500, 5e-7"'
 
 
 def check_schedule(text: str, field: str) -> str:
-    """A1111's ``rate:step, rate:step, rate`` text: every rate a finite number above 0, every step -1 or more."""
+    """A1111's ``rate:step, rate:step, rate`` text, read as A1111 reads it (left to right, up to the first bare rate
+    or ``-1`` step): every rate a finite number above 0, every step a whole number from -1 up; the sentences are
+    those of :mod:`hypernet.train.schedule`, which runs the schedule."""
     if not text.strip():
         raise ValueError(f'{field} is empty; expected a rate such as "1e-5" or a schedule such as {_EXAMPLE}.')
     for item in text.split(","):
         if not item.strip():
             continue
-        rate, _, step = item.partition(":")
+        parts = item.split(":")
+        rate = parts[0]
         try:
             value = float(rate)
         except ValueError:
-            raise ValueError(f'{field} "{text}" has "{rate.strip()}", which is not a number; expected rate:step '
-                             f"pairs such as {_EXAMPLE}.") from None
+            raise ValueError(f'{field} "{text}" has the rate "{rate.strip()}" in "{item.strip()}", which is not a '
+                             f"number; expected rate:step pairs such as {_EXAMPLE}.") from None
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f'{field} "{text}" has the rate {rate.strip()}; every rate must be a finite number '
                              "above 0.")
-        if step.strip():
-            try:
-                end = int(step)
-            except ValueError:
-                raise ValueError(f'{field} "{text}" has the step "{step.strip()}", which is not a whole number; '
-                                 f"expected rate:step pairs such as {_EXAMPLE}.") from None
-            if end < -1 or end > L.MAX_TRAIN_STEPS:
-                raise ValueError(f'{field} "{text}" has the step {end}; expected -1 to {L.MAX_TRAIN_STEPS}.')
+        if len(parts) != 2:
+            break  # A1111: a bare rate (or a:b:c) runs to the end; nothing after it is read
+        try:
+            end = int(parts[1])
+        except ValueError:
+            raise ValueError(f'{field} "{text}" has the step "{parts[1].strip()}" in "{item.strip()}", which is not a '
+                             f"whole number; expected rate:step pairs such as {_EXAMPLE}.") from None
+        if end < -1 or end > L.MAX_TRAIN_STEPS:
+            raise ValueError(f'{field} "{text}" has the step {end}; expected -1 to {L.MAX_TRAIN_STEPS}.')
+        if end == -1:
+            break
     return text
 
 
