@@ -170,6 +170,10 @@ def _architecture_from_metadata(md: Mapping[str, Any]) -> Architecture:
     )
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32 else None
+
+
 _LEGACY_KEYS = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias",
                 "linear2.weight": "linear.1.weight", "linear2.bias": "linear.1.bias"}
 
@@ -188,6 +192,8 @@ def _build(path: Path, widths: Mapping[int, tuple[Mapping[str, torch.Tensor], ..
         sd_checkpoint=md.get("sd_checkpoint"),
         sd_checkpoint_name=md.get("sd_checkpoint_name"),
         optional_info=md.get("optional_info"),
+        training_seed=_int_or_none(md.get("hypernet_training_seed")),
+        lineage=str(md["hypernet_lineage"]) if isinstance(md.get("hypernet_lineage"), str) else None,
     )
     for width, pair in widths.items():
         for which, sd, module in zip(("k", "v"), pair, hn.modules_for(width) or ()):
