@@ -115,8 +115,7 @@ def _model_widths(model: str | None) -> list[int]:
 app.command("create")(settings_cli.command(
     CreateSettings, _create, before=_before_create, exclude=["enable_sizes"],
     extra=[settings_cli.option("sizes", Optional[str], None, "--sizes",
-                               help=f"{CreateSettings.model_fields['enable_sizes'].description} Default: the widths "
-                                    "of --model."),
+                               help=CreateSettings.model_fields["enable_sizes"].description),
            settings_cli.option("dir", Path, DEFAULT_HN_DIR, "--dir", "--hypernetwork-dir",
                                help="Hypernetwork folder (A1111: models/hypernetworks)."),
            settings_cli.option("format", str, "pt", "--format", help="pt (A1111) or safetensors."),

@@ -585,7 +585,7 @@ class TrainingTabs:
                 train["batch_size"] = component(T, "batch_size", value=defaults.batch_size, number=True, elem_id="train_batch_size")
                 train["gradient_step"] = component(T, "gradient_step", value=defaults.gradient_step, number=True, elem_id="train_grad_step")
             with gr.Row():
-                train["data_root"] = component(T, "data_root", elem_id="train_data")
+                train["data_root"] = component(T, "data_root", value=defaults.data_root, elem_id="train_data")
                 train["log_directory"] = component(T, "log_directory", value=".", elem_id="train_log")
                 train["template_filename"] = gr.Dropdown(sorted(available_templates(None)),
                                                          value=defaults.template_filename,
@@ -598,10 +598,10 @@ class TrainingTabs:
                                                      elem_id="train_height")
                 train["varsize"] = component(T, "varsize", value=defaults.varsize, elem_id="train_varsize")
             with gr.Row():
-                train["steps"] = component(T, "steps", number=True, elem_id="train_steps")
-                train["save_hypernetwork_every"] = component(T, "save_hypernetwork_every", number=True,
+                train["steps"] = component(T, "steps", value=defaults.steps, number=True, elem_id="train_steps")
+                train["save_hypernetwork_every"] = component(T, "save_hypernetwork_every", value=defaults.save_hypernetwork_every, number=True,
                                                              elem_id="train_save_every")
-                train["create_image_every"] = component(T, "create_image_every", number=True,
+                train["create_image_every"] = component(T, "create_image_every", value=defaults.create_image_every, number=True,
                                                         elem_id="train_image_every")
             with gr.Row():
                 train["clip_grad_mode"] = component(T, "clip_grad_mode", value=defaults.clip_grad_mode, elem_id="train_clip_mode")
