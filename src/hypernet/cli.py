@@ -15,9 +15,6 @@ from rich.table import Table
 
 from hypernet import __version__
 from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
-from hypernet.defaults import embeddings_dir as default_embeddings_dir
-from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
-from hypernet.defaults import lora_dir as default_lora_dir
 from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
 from hypernet.export.command import bake, export_lora
@@ -27,7 +24,8 @@ from hypernet.prepare.command import preprocess
 from hypernet.server.command import serve
 from hypernet.settings import CreateSettings, GenerateSettings
 from hypernet.settings import cli as settings_cli
-from hypernet.settings.cli import say
+from hypernet.settings.cli import field_default, field_option, say
+from hypernet.settings.folders import Folders
 from hypernet.settings.images import open_image
 from hypernet.train.command import train
 
@@ -45,8 +43,8 @@ app.command("export-lora")(export_lora)
 app.command()(bake)
 app.command()(grid)
 
-DEFAULT_HN_DIR = default_hypernetwork_dir()
-HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
+DEFAULT_HN_DIR = field_default(Folders, "hypernetwork_dir")
+HnDir = Annotated[Path, field_option(Folders, "hypernetwork_dir")]
 
 
 def _version(value: bool) -> None:
@@ -95,8 +93,8 @@ def _dropout_means_use(values: dict[str, object], extras: dict[str, object]) -> 
 
 app.command("create")(settings_cli.command(
     CreateSettings, _create, before=_dropout_means_use,
-    extra=[settings_cli.option("dir", Path, DEFAULT_HN_DIR, "--dir", "--hypernetwork-dir",
-                               help="Hypernetwork folder (A1111: models/hypernetworks)."),
+    extra=[settings_cli.option("dir", Path, DEFAULT_HN_DIR, *Folders.surface("hypernetwork_dir").flags("dir"),
+                               help=Folders.model_fields["hypernetwork_dir"].description or ""),
            settings_cli.option("format", str, "pt", "--format", help="pt (A1111) or safetensors.")],
 ))
 
@@ -179,11 +177,10 @@ def generate(
     prompts: Annotated[Optional[Path], typer.Option(help="A file with one prompt per line; under `accelerate launch` "
                                                     "the lines are split across processes.")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
-    hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
-    lora_dir: Annotated[Path, typer.Option(help="Where <lora:NAME:WEIGHT> names are looked up (A1111: models/Lora).")] = default_lora_dir(),
-    embeddings_dir: Annotated[Path, typer.Option(help="Textual-inversion embeddings, used by file name in prompts.")] = default_embeddings_dir(),
-    esrgan_dir: Annotated[Path, typer.Option(help="ESRGAN models for --hr-upscaler NAME (file stem).")] = Path(
-        "models/ESRGAN"),
+    hypernetwork_dir: Annotated[Path, field_option(Folders, "hypernetwork_dir")] = DEFAULT_HN_DIR,
+    lora_dir: Annotated[Path, field_option(Folders, "lora_dir")] = field_default(Folders, "lora_dir"),
+    embeddings_dir: Annotated[Path, field_option(Folders, "embeddings_dir")] = field_default(Folders, "embeddings_dir"),
+    esrgan_dir: Annotated[Path, field_option(Folders, "esrgan_dir")] = field_default(Folders, "esrgan_dir"),
     sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'.")] = "DPM++ 2M",
     scheduler: Annotated[str, typer.Option(help="Schedule type: Automatic, Karras, Exponential, ...")] = "Automatic",
     steps: int = 20,

@@ -69,6 +69,7 @@ def limits_table() -> str:
 def tables() -> dict[str, Callable[[], str]]:
     """Marker name -> table writer."""
     from hypernet.settings.create import CreateSettings
+    from hypernet.settings.folders import Folders
     from hypernet.settings.generate import GenerateSettings
     from hypernet.settings.preprocess import PreprocessSettings
     from hypernet.settings.train import TrainSettings
@@ -79,6 +80,7 @@ def tables() -> dict[str, Callable[[], str]]:
         "generate": lambda: settings_table(GenerateSettings),
         "train": lambda: settings_table(TrainSettings),
         "preprocess": lambda: settings_table(PreprocessSettings),
+        "folders": lambda: settings_table(Folders),
     }
 
 
