@@ -57,7 +57,7 @@ def limits_table() -> str:
                             "no layer of width 0"),
         ("network size", f"at most {L.MAX_NETWORK_PARAMETERS:,} parameters (1 GiB of fp32)"),
         ("preprocess target side", f"64 to {L.MAX_PREPROCESS_SIDE}, a multiple of 8"),
-        ("decoded input images (init images, PNG info, --init-image)",
+        ("decoded input images (init images, PNG info, --init-image, training and preprocessing data)",
          f"{L.MAX_INPUT_PIXELS:,} pixels (8192x8192), read from the header before decoding"),
         ("seeds", L.SEED_EXPECT),
         ("numbers", "finite only: NaN and infinity are refused everywhere"),
