@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageCms, ImageOps
 
 # The most pixels an input image may have (8192x8192, 256 MB decoded as RGB), checked from the header before any
@@ -58,6 +57,8 @@ def to_working_mode(im: Image.Image) -> Image.Image:
 
 
 def _to_8bit_grey(im: Image.Image) -> Image.Image:
+    import numpy as np  # here: the command line reads MAX_DECODED_PIXELS and should not pay for numpy
+
     pixels = np.asarray(im).astype(np.float32)
     peak = float(pixels.max()) if pixels.size else 0.0
     if im.mode == "F" and peak <= 1.0:
