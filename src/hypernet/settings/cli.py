@@ -119,9 +119,10 @@ def field_option(model: type[SettingsModel], name: str) -> Any:
     return typer.Option(*surface_of(info).flags(name), help=help_text(info))
 
 
-def field_default(model: type[SettingsModel], name: str, kind: Callable[[Any], Any] = Path) -> Any:
-    """The field's default, as the command's parameter type (a Path by default)."""
-    return kind(model.model_fields[name].get_default(call_default_factory=True))
+def field_default(model: type[SettingsModel], name: str, kind: Callable[[Any], Any] | None = None) -> Any:
+    """The field's default, converted with ``kind`` (e.g. ``Path``) when given."""
+    default = model.model_fields[name].get_default(call_default_factory=True)
+    return default if kind is None else kind(default)
 
 
 def option(name: str, kind: Any, default: Any, *flags: str, help: str, **extra: Any) -> inspect.Parameter:

@@ -68,6 +68,22 @@ class GenerateSettings(SettingsModel):
                            On(cli=("--hr-resize",), ui=None, why="the UI sizes the hires pass with 'Upscale by'")] = 0
     hr_resize_y: Annotated[int, Field(ge=0, le=L.MAX_SIDE, description="Hires height (0: from hr_scale)."),
                            On(cli=("--hr-resize",), ui=None, why="the UI sizes the hires pass with 'Upscale by'")] = 0
+    hr_upscaler: Annotated[str | None, Field(max_length=200, description="Hires upscaler: Latent (the default), "
+                                             "Latent (antialiased), Latent (bicubic), Latent (bicubic antialiased), "
+                                             "Latent (nearest), Latent (nearest-exact), None, Lanczos, Nearest, or an "
+                                             "ESRGAN model's file name without extension in the ESRGAN folder."),
+                           On(cli=("--hr-upscaler",), ui="Upscaler")] = None
+    hr_sampler_name: Annotated[str | None, Field(max_length=100, description="Hires sampler (default: the first "
+                                                 "pass's)."),
+                               On(cli=("--hr-sampler",), ui="Hires sampling method")] = None
+    hr_scheduler: Annotated[str | None, Field(max_length=100, description="Hires schedule type (default: the first "
+                                              "pass's)."),
+                            On(cli=("--hr-scheduler",), ui="Hires schedule type")] = None
+    hr_prompt: Annotated[str, Field(max_length=L.MAX_PROMPT_CHARS, description="Hires prompt (default: the "
+                                    "prompt)."), On(cli=("--hr-prompt",), ui="Hires prompt")] = ""
+    hr_negative_prompt: Annotated[str, Field(max_length=L.MAX_PROMPT_CHARS, description="Hires negative prompt "
+                                             "(default: the negative prompt)."),
+                                  On(cli=("--hr-negative",), ui="Hires negative prompt")] = ""
 
     @model_validator(mode="after")
     def _limits(self) -> GenerateSettings:
