@@ -357,6 +357,29 @@ def test_cli_trains_and_reports_errors_in_one_sentence(tmp_path: Path, sd1, caps
     assert "nowhere: the dataset folder does not exist (data_root)" in capsys.readouterr().err
 
 
+def test_cli_prints_warnings_when_they_happen_and_once(tmp_path: Path, sd1) -> None:
+    import shutil
+
+    import typer
+
+    from hypernet.train.command import train
+
+    _, _, checkpoint, data = sd1
+    mixed = tmp_path / "data"
+    shutil.copytree(data, mixed)
+    (mixed / "notes.doc").write_bytes(b"words")
+    Hypernetwork.create("net", WIDTHS["sd1"], seed=2).save(tmp_path / "hn" / "net.pt")
+    app = typer.Typer()
+    app.command()(train)
+    outcome = CliRunner().invoke(app, ["net", "--data", str(mixed), "--model", str(checkpoint), "--hypernetwork-dir",
+                                       str(tmp_path / "hn"), "--log-directory", str(tmp_path / "logs"), "--width", "64",
+                                       "--height", "64", "--steps", "1", "--image-every", "0", "--save-every", "0"])
+    assert outcome.exit_code == 0, outcome.output
+    warning = "are not readable images and were left out: notes.doc"
+    assert outcome.output.count(warning) == 1
+    assert outcome.output.index(warning) < outcome.output.index("Training finished at step 1")
+
+
 # ================================================================================================ drawings
 def test_loss_curve_contact_sheet_and_tensorboard_logging(tmp_path: Path, sd1, monkeypatch) -> None:
     from hypernet.train import outputs

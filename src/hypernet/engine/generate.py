@@ -136,7 +136,7 @@ class Settings:
 _CHECKED = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "subseed",
             "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "width", "height", "batch_size", "n_iter",
             "clip_skip", "denoising_strength", "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x",
-            "hr_resize_y")
+            "hr_resize_y", "hr_upscaler", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
 
 
 @dataclass

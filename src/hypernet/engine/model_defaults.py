@@ -18,19 +18,21 @@ import safetensors
 
 from hypernet.engine.attention import attention_widths
 from hypernet.errors import HypernetError
+from hypernet.settings import GenerateSettings
 
 METADATA_KEY = "hypernet_defaults"
+_A1111 = {name: info.default for name, info in GenerateSettings.model_fields.items()}  # the HTTP API's defaults
 
 
 @dataclass(frozen=True)
 class ModelDefaults:
     """What a new generation or training run on this model starts from when the user does not say."""
 
-    width: int = 512
-    height: int = 512
-    sampler_name: str = "DPM++ 2M"
-    steps: int = 20
-    cfg_scale: float = 7.0
+    width: int = _A1111["width"]
+    height: int = _A1111["height"]
+    sampler_name: str = _A1111["sampler_name"]
+    steps: int = _A1111["steps"]
+    cfg_scale: float = _A1111["cfg_scale"]
     # TrainConfig fields to use instead of A1111's (e.g. steps, learn_rate, batch_size); empty for most models
     train: dict[str, Any] = field(default_factory=dict)
 
@@ -87,7 +89,7 @@ def model_defaults(pipe: Any, path: str | Path | None = None) -> ModelDefaults:
 def checkpoint_defaults(path: str | Path) -> ModelDefaults:
     """The defaults for a checkpoint not loaded yet (the training CLI builds its config first): what it recorded,
     else A1111's (512x512)."""
-    return _defaults(512, recorded_defaults(path))
+    return _defaults(_A1111["width"], recorded_defaults(path))
 
 
 def _defaults(size: int, recorded: dict[str, Any]) -> ModelDefaults:

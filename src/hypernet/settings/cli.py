@@ -17,6 +17,7 @@ import sys
 import types
 import typing
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import typer
@@ -109,6 +110,19 @@ def model_parameters(model: type[SettingsModel], *, optional: Sequence[str] = ()
         params.append(inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotation,
                                         default=default))
     return params
+
+
+def field_option(model: type[SettingsModel], name: str) -> Any:
+    """The typer option of one field, for a command written by hand: ``Annotated[Path, field_option(Folders,
+    "lora_dir")] = field_default(Folders, "lora_dir")`` (flags and help from the field)."""
+    info = model.model_fields[name]
+    return typer.Option(*surface_of(info).flags(name), help=help_text(info))
+
+
+def field_default(model: type[SettingsModel], name: str, kind: Callable[[Any], Any] | None = None) -> Any:
+    """The field's default, converted with ``kind`` (e.g. ``Path``) when given."""
+    default = model.model_fields[name].get_default(call_default_factory=True)
+    return default if kind is None else kind(default)
 
 
 def option(name: str, kind: Any, default: Any, *flags: str, help: str, **extra: Any) -> inspect.Parameter:

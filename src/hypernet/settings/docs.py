@@ -57,7 +57,7 @@ def limits_table() -> str:
                             "no layer of width 0"),
         ("network size", f"at most {L.MAX_NETWORK_PARAMETERS:,} parameters (1 GiB of fp32)"),
         ("preprocess target side", f"64 to {L.MAX_PREPROCESS_SIDE}, a multiple of 8"),
-        ("decoded input images (init images, PNG info, --init-image)",
+        ("decoded input images (init images, PNG info, --init-image, training and preprocessing data)",
          f"{L.MAX_INPUT_PIXELS:,} pixels (8192x8192), read from the header before decoding"),
         ("seeds", L.SEED_EXPECT),
         ("numbers", "finite only: NaN and infinity are refused everywhere"),
@@ -69,6 +69,7 @@ def limits_table() -> str:
 def tables() -> dict[str, Callable[[], str]]:
     """Marker name -> table writer."""
     from hypernet.settings.create import CreateSettings
+    from hypernet.settings.folders import Folders
     from hypernet.settings.generate import GenerateSettings
     from hypernet.settings.preprocess import PreprocessSettings
     from hypernet.settings.train import TrainSettings
@@ -79,6 +80,7 @@ def tables() -> dict[str, Callable[[], str]]:
         "generate": lambda: settings_table(GenerateSettings),
         "train": lambda: settings_table(TrainSettings),
         "preprocess": lambda: settings_table(PreprocessSettings),
+        "folders": lambda: settings_table(Folders),
     }
 
 

@@ -17,7 +17,7 @@ from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE
 from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.settings import cli as settings_cli
 from hypernet.settings.train import TrainSettings
-from hypernet.train.config import TrainConfig
+from hypernet.train.config import WARNING, TrainConfig
 
 if TYPE_CHECKING:  # the loop imports torch and diffusers; the CLI loads it only when training
     from hypernet.train.loop import TrainProgress, TrainResult
@@ -62,8 +62,9 @@ def _train(settings: TrainSettings) -> None:
         if preview not in given:
             values[preview] = values[training]  # previews at the training size unless asked otherwise
     config = TrainConfig(**values)
-    result = train_hypernetwork(config, progress=_ProgressBar())
-    _print_result(result)
+    bar = _ProgressBar()
+    result = train_hypernetwork(config, progress=bar)
+    _print_result(result, shown=bar.shown)
     if result.stopped == "diverged":
         raise typer.Exit(1)
 
@@ -79,15 +80,20 @@ class _ProgressBar:
     def __init__(self) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.bar = None
         self.task = None
+        self.shown: set[str] = set()  # messages printed already (warnings are printed when they happen)
 
     def __call__(self, p: TrainProgress) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         if p.phase == "preparing":
-            self.console.print(p.message)
+            if p.message.startswith(WARNING):
+                self.console.print(f"warning: {p.message.removeprefix(WARNING)}", style="yellow", markup=False)
+                self.shown.add(p.message.removeprefix(WARNING))
+            else:
+                self.console.print(p.message, markup=False)
             return
         if self.bar is None and p.phase != "done":
             self.bar = Progress(
@@ -110,14 +116,15 @@ class _ProgressBar:
             self.bar = None
 
 
-def _print_result(result: TrainResult) -> None:
+def _print_result(result: TrainResult, shown: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     if int(os.environ.get("RANK", "0")) != 0:  # accelerate launch: the main process speaks for all
         return
     from rich.console import Console
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
-    console.print(result.message)
+        if warning not in shown:
+            console.print(f"warning: {warning}", style="yellow", markup=False)
+    console.print(result.message, markup=False)
     if result.log_directory:
-        console.print(f"Snapshots, previews, loss.png and contact_sheet.png: {result.log_directory}")
+        console.print(f"Snapshots, previews, loss.png and contact_sheet.png: {result.log_directory}", markup=False)

@@ -37,7 +37,7 @@ from hypernet.errors import HypernetError
 from hypernet.fileio import short_hash
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
 from hypernet.sampling import resolve_sampler
-from hypernet.train.config import TrainConfig
+from hypernet.train.config import WARNING, TrainConfig
 from hypernet.train.dataset import Batch, TrainingDataset, build_dataset, derive_seed, pad_and_stack, read_template, resolve_template
 from hypernet.train.outputs import RunOutputs, run_folder, snapshot_step, snapshots_of
 from hypernet.train.schedule import LearnRateSchedule
@@ -303,9 +303,6 @@ def prepare(
         if progress is not None and procs.main:
             progress(TrainProgress("preparing", start_step, final_step, start_step, message=message))
 
-    if resumed is not None:
-        say(warnings[-1])
-
     if pipe is None:
         if not c.model:
             raise HypernetError("model is empty; pass the checkpoint to train against (--model FILE).")
@@ -381,6 +378,8 @@ def prepare(
                 "effective_batch_size": data.batch_size, "effective_gradient_step": data.gradient_step,
                 "hypernet_version": __version__,
             }))
+    for warning in warnings:  # now, not after the run: a skipped file or a resume is news before training starts
+        say(WARNING + warning)
     return Run(c, procs, hn, final_path, template_path, seed, start_step, final_step, lr_schedule, clip_schedule,
                pipe, info, amp_dtype, noise_scheduler, encode, data, offloaded, optimizer, scaler, previewer, outputs,
                tuple(warnings), resumed)
