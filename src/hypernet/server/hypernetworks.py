@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from hypernet.engine.attention import attention_widths
 from hypernet.errors import HypernetError
 from hypernet.network import Hypernetwork
 from hypernet.server.jobs import Job, wait_for_job
@@ -31,6 +32,14 @@ def create_hypernetwork(state: ServerState, body: dict[str, Any]) -> Path:
     """A1111's "Create hypernetwork" with its keyword arguments; returns the written ``.pt`` file."""
     check_plain_name(str(body.get("name") or ""), "name")  # paths are a 403 before anything else
     settings = CreateSettings.parse(body)
+    # Within the hard caps, the loaded model bounds the widths: a module wider than its widest attention context is
+    # never used, only stored (A1111's default widths all fit SD1, SD2 and SDXL).
+    widest = max(attention_widths(state.model.generator.pipe.unet), default=0)
+    unused = [w for w in settings.enable_sizes if w > widest]
+    if widest and unused:
+        raise SettingsError(f"enable_sizes has {', '.join(map(str, unused))}; the loaded model's attention layers "
+                            f"take contexts at most {widest} wide, so such modules would never be used.",
+                            "enable_sizes")
     path = Path(state.config.hypernetwork_dir) / f"{settings.name}.pt"
     if path.exists() and not settings.overwrite_old:
         raise HypernetError(f"file {path} already exists")

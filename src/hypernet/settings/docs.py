@@ -52,7 +52,8 @@ def limits_table() -> str:
         ("CFG scale", f"0 to {L.MAX_CFG:g}"),
         ("training steps", f"1 to {L.MAX_TRAIN_STEPS:,}"),
         ("training batch size, gradient accumulation", f"1 to {L.MAX_TRAIN_BATCH}, 1 to {L.MAX_GRADIENT_STEPS}"),
-        ("network widths", f"1 to {L.MAX_NETWORK_WIDTHS} widths, each 1 to {L.MAX_NETWORK_WIDTH}"),
+        ("network widths", f"1 to {L.MAX_NETWORK_WIDTHS} widths, each 1 to {L.MAX_NETWORK_WIDTH}; over HTTP and in "
+                           "the web UI at most the loaded model's widest attention context"),
         ("layer structure", f"2 to {L.MAX_LAYER_ENTRIES} entries, each above 0 and at most {L.MAX_LAYER_MULTIPLIER:g}; "
                             "no layer of width 0"),
         ("network size", f"at most {L.MAX_NETWORK_PARAMETERS:,} parameters (1 GiB of fp32)"),
