@@ -525,11 +525,16 @@ def preview(run: Run, history: History, step: int) -> Path:
     assert run.previewer is not None and run.outputs is not None
     moved = [m for m in run.offloaded if m.device != run.device]
     run.hn.eval()
+    # the infotext's tag names this step's snapshot when there is one (copied into the hypernetwork folder, PNG Info
+    # reproduces the preview), else the network
+    snapshot = run.outputs.snapshot_path(step)
+    run.hn.name = snapshot.stem if history.last_snapshot == str(snapshot) else c.name
     try:
         for module in moved:
             module.to(run.device)
         result = run.previewer.generate(settings, extra_networks=[(run.hn, 1.0)])
     finally:
+        run.hn.name = c.name
         run.hn.train()
         for module in moved:
             module.to("cpu")
