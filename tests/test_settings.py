@@ -127,6 +127,12 @@ def test_create_limits_are_sentences(values, message) -> None:
     assert message in str(caught.value)
 
 
+def test_create_names_are_a1111s_letters_of_any_script() -> None:
+    assert CreateSettings(name="сова v2_x.1").name == "сова v2_x.1"  # A1111 keeps what str.isalnum() accepts
+    with pytest.raises(SettingsError):
+        CreateSettings(name="сова!")
+
+
 def test_create_keeps_a1111_dropout_semantics() -> None:
     off = CreateSettings(name="x", use_dropout=False, dropout_structure="0, 0.5")  # ignored, as A1111 ignores it
     assert off.dropout == [0.0, 0.0, 0.0]

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hypernet import __version__
-from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import DEFAULT_WIDTHS, TOY_CHECKPOINT, TOY_NOTE
 from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
 from hypernet.export.command import bake, export_lora
@@ -81,19 +81,44 @@ def _create(settings: CreateSettings, dir: Path = DEFAULT_HN_DIR, format: str = 
         seed=settings.seed,
     )
     net.save(path)
-    say(f"Created {path} ({net.num_parameters():,} parameters)")
+    say(f"Created {path} ({net.num_parameters():,} parameters; widths {', '.join(map(str, settings.enable_sizes))})")
 
 
-def _dropout_means_use(values: dict[str, object], extras: dict[str, object]) -> None:
+def _before_create(values: dict[str, object], extras: dict[str, object]) -> None:
+    """--dropout alone turns dropout on; without --sizes the network gets the widths of --model (the embedded toy
+    model when none is named), so it acts on the model it will be used with."""
     if "dropout_structure" in values:
-        values.setdefault("use_dropout", True)  # on the command line, --dropout alone turns dropout on
+        values.setdefault("use_dropout", True)
+    sizes, model = extras.pop("sizes"), extras.pop("model")
+    if sizes is not None:
+        values["enable_sizes"] = sizes
+    else:
+        CreateSettings.parse(values)  # the other options' mistakes first, before a model loads
+        values["enable_sizes"] = _model_widths(model)
+
+
+def _model_widths(model: str | None) -> list[int]:
+    """The widths a network needs on ``model`` (the embedded toy model when None)."""
+    from hypernet.engine.checkpoints import load_pipeline
+    from hypernet.engine.model_defaults import network_widths
+
+    if model is None:
+        say(TOY_NOTE)
+    pipe, info = load_pipeline(model or TOY_CHECKPOINT)
+    return network_widths(pipe, info.text_widths)
 
 
 app.command("create")(settings_cli.command(
-    CreateSettings, _create, before=_dropout_means_use,
-    extra=[settings_cli.option("dir", Path, DEFAULT_HN_DIR, *Folders.surface("hypernetwork_dir").flags("dir"),
+    CreateSettings, _create, before=_before_create, exclude=["enable_sizes"],
+    extra=[settings_cli.option("sizes", Optional[str], None, "--sizes",
+                               help=CreateSettings.model_fields["enable_sizes"].description or ""),
+           settings_cli.option("dir", Path, DEFAULT_HN_DIR, *Folders.surface("hypernetwork_dir").flags("dir"),
                                help=Folders.model_fields["hypernetwork_dir"].description or ""),
-           settings_cli.option("format", str, "pt", "--format", help="pt (A1111) or safetensors.")],
+           settings_cli.option("format", str, "pt", "--format", help="pt (A1111) or safetensors."),
+           settings_cli.option("model", Optional[str], None, "--model",
+                               help="Without --sizes, give the network this checkpoint's widths (default: hypernet's "
+                                    f"embedded toy model; A1111's form uses {','.join(map(str, DEFAULT_WIDTHS))}, "
+                                    "SD 1.x's).")],
 ))
 
 
@@ -179,13 +204,13 @@ def generate(
     lora_dir: Annotated[Path, field_option(Folders, "lora_dir")] = field_default(Folders, "lora_dir", Path),
     embeddings_dir: Annotated[Path, field_option(Folders, "embeddings_dir")] = field_default(Folders, "embeddings_dir", Path),
     esrgan_dir: Annotated[Path, field_option(Folders, "esrgan_dir")] = field_default(Folders, "esrgan_dir", Path),
-    sampler: Annotated[str, field_option(GenerateSettings, "sampler_name")] = field_default(GenerateSettings, "sampler_name"),
+    sampler: Annotated[Optional[str], field_option(GenerateSettings, "sampler_name")] = None,  # None: the model's
     scheduler: Annotated[str, field_option(GenerateSettings, "scheduler")] = field_default(GenerateSettings, "scheduler"),
-    steps: Annotated[int, field_option(GenerateSettings, "steps")] = field_default(GenerateSettings, "steps"),
-    cfg: Annotated[float, field_option(GenerateSettings, "cfg_scale")] = field_default(GenerateSettings, "cfg_scale"),
+    steps: Annotated[Optional[int], field_option(GenerateSettings, "steps")] = None,
+    cfg: Annotated[Optional[float], field_option(GenerateSettings, "cfg_scale")] = None,
     seed: Annotated[int, field_option(GenerateSettings, "seed")] = field_default(GenerateSettings, "seed"),
-    size: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT, multiples of 8 (default 512x512; 64x64 for the "
-                                                "toy model).")] = None,
+    size: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT, multiples of 8 (default: the model's native "
+                                                "size, e.g. 512x512 for SD 1.x, 64x64 for the toy model).")] = None,
     batch_size: Annotated[int, field_option(GenerateSettings, "batch_size")] = field_default(GenerateSettings, "batch_size"),
     batch_count: Annotated[int, field_option(GenerateSettings, "n_iter")] = field_default(GenerateSettings, "n_iter"),
     clip_skip: Annotated[int, field_option(GenerateSettings, "clip_skip")] = field_default(GenerateSettings, "clip_skip"),
@@ -253,11 +278,12 @@ def generate(
         console.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
     if model is None:
         console.print(TOY_NOTE, style="dim", markup=False)
-        model, size = str(TOY_CHECKPOINT), size or f"{TOY_SIZE}x{TOY_SIZE}"
-    size = size or "512x512"
+        model = str(TOY_CHECKPOINT)
     jobs = _prompt_jobs(prompt, prompts)
+    width = height = None  # the model's native size
     try:
-        width, height = (int(v) for v in size.lower().split("x"))
+        if size is not None:
+            width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise HypernetError(f"--size {size!r} must look like 512x768") from None
     resize_w, resize_h = _size_option("--seed-resize-from", seed_resize_from) if seed_resize_from else (0, 0)
@@ -285,8 +311,8 @@ def generate(
             settings = Settings(text, negative, sampler, scheduler, steps, cfg, job_seed, width, height, batch_size,
                                 batch_count, clip_skip, init, denoise, hypernetwork_precision=hypernetwork_precision,
                                 **noise_and_hires)
-            task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=steps * batch_count)
-            result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done))
+            task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=None)
+            result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done, total=total))
             for a in result.applied:
                 hits = ", ".join(f"{n} layers at width {w}" for w, n in sorted(a.layers_by_width.items()))
                 console.print(f"applied {a.name} x{a.multiplier}: {hits}", markup=False)
@@ -333,10 +359,11 @@ def _size_option(option: str, value: str) -> tuple[int, int]:
 def _check_generate_options(*, size: str | None, seed_resize_from: str | None, hr_resize: str | None,
                             prompt: str | None, **values: object) -> None:
     """The options' limits (GenerateSettings: the same sentences as the API), before torch and the model load."""
-    width, height = _size_option("--size", size) if size else (512, 512)
+    size_values = dict(zip(("width", "height"), _size_option("--size", size))) if size else {}
     resize_w, resize_h = _size_option("--seed-resize-from", seed_resize_from) if seed_resize_from else (0, 0)
     hr_x, hr_y = _size_option("--hr-resize", hr_resize) if hr_resize else (0, 0)
-    GenerateSettings(**values, prompt=prompt or "", width=width, height=height, seed_resize_from_w=resize_w,
+    given = {name: value for name, value in values.items() if value is not None}  # None: the model's default
+    GenerateSettings(**given, **size_values, prompt=prompt or "", seed_resize_from_w=resize_w,
                      seed_resize_from_h=resize_h, hr_resize_x=hr_x, hr_resize_y=hr_y)
 
 

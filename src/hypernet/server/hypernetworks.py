@@ -135,7 +135,7 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
         def progress(p: Any) -> None:
             live.update(phase=p.phase, step=p.step, final_step=p.final_step, start_step=p.start_step, loss=p.loss,
                         loss_avg=p.loss_avg, learn_rate=p.learn_rate, message=p.message, last_saved=p.last_saved,
-                        last_preview=p.last_preview)
+                        last_preview=p.last_preview, eta_s=p.eta_s, it_per_s=p.it_per_s)
             if p.loss is not None and (not losses or losses[-1][0] != p.step):
                 losses.append((p.step, p.loss))
             job.job_no, job.job_count = p.step, max(p.final_step, 1)

@@ -173,7 +173,9 @@ class TrainSettings(SettingsModel):
 
     # ---- hypernet ----------------------------------------------------------------------------------------------
     model: Annotated[str | None, Field(max_length=4096, description="Checkpoint (.safetensors/.ckpt), diffusers "
-                                       "folder or Hub id; default: hypernet's embedded toy model (and 64x64)."),
+                                       "folder or Hub id; default: hypernet's embedded toy model. On the command line, settings the "
+                                       "checkpoint records (the toy model: 64x64, 300 steps, its rate, batch and "
+                                       "template) replace A1111's defaults."),
                      On(ui=None, api=False, why=SERVER_DECIDES)] = None
     vae: Annotated[str | None, Field(max_length=4096, description="Separate VAE file."),
                    On(ui=None, api=False, why=SERVER_DECIDES)] = None

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE
 from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.settings import cli as settings_cli
 from hypernet.settings.train import TrainSettings
@@ -46,15 +46,18 @@ def _train(settings: TrainSettings) -> None:
     values = settings.model_dump()
     TrainConfig(**values).check()  # missing folders and files, before torch and the model load
 
+    from hypernet.engine.model_defaults import checkpoint_defaults
     from hypernet.train.loop import train_hypernetwork
 
     given = settings.model_fields_set
     if settings.model is None:
         Console(stderr=True).print(TOY_NOTE, style="dim", markup=False)
         values["model"] = str(TOY_CHECKPOINT)
-        for name in ("training_width", "training_height"):
-            if name not in given:
-                values[name] = TOY_SIZE
+    # what the user gave, over what the checkpoint records (the toy model: its size, steps, rate, batch, template),
+    # over A1111's defaults
+    recorded = checkpoint_defaults(values["model"]).training()
+    values |= {name: value for name, value in recorded.items()
+               if name not in given and name not in ("preview_width", "preview_height")}
     for preview, training in (("preview_width", "training_width"), ("preview_height", "training_height")):
         if preview not in given:
             values[preview] = values[training]  # previews at the training size unless asked otherwise

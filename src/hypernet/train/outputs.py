@@ -217,14 +217,20 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def moving_average(values: Sequence[float]) -> tuple[int, list[float]]:
+    """(window, trailing means): a window of ~2% of the run, but at least 5 steps (a quarter of a short run), so
+    the trend shows through the per-step noise of small runs too. loss.png and the web UI's chart both use it."""
+    window = max(1, min(len(values) // 4, max(5, len(values) // 50)))
+    return window, [sum(values[max(0, i - window + 1) : i + 1]) / (i - max(0, i - window + 1) + 1) for i in range(len(values))]
+
+
 def loss_curve(losses: Sequence[tuple[int, float]], *, title: str = "loss", size: tuple[int, int] = (960, 480)) -> Image.Image:
     """The per-step loss (light) and its moving average (dark) against the step."""
     width, height = size
     left, right, top, bottom = 80, 20, 40, 50
     steps = [s for s, _ in losses]
     values = [v for _, v in losses]
-    window = max(1, len(values) // 50)
-    mean = [sum(values[max(0, i - window + 1) : i + 1]) / (i - max(0, i - window + 1) + 1) for i in range(len(values))]
+    window, mean = moving_average(values)
     ordered = sorted(values)
     low, high = ordered[0], ordered[min(len(ordered) - 1, math.ceil(0.99 * (len(ordered) - 1)))]  # spikes clip
     if high <= low:
