@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -413,10 +411,6 @@ def png_info(file: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage mistakes and user errors print one line and exit 2; ``--debug`` re-raises user errors."""
-    # Notes every run would print and no user can act on: transformers' "requires torchvision" and "sequence length
-    # is longer than" (prompts are chunked as A1111 does), torchsde's float rounding at interval ends.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    warnings.filterwarnings("ignore", message="Should have t[ab]")
     settings_cli.run_app(app, argv, "hypernet")
 
 

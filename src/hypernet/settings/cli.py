@@ -13,11 +13,12 @@ Every option defaults to "not given" (``None``): the model's default applies, an
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import typer
@@ -169,6 +170,10 @@ def command(model: type[SettingsModel], run: Callable[..., Any], *, extra: Seque
 def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> None:
     """Run a typer app as a command: usage mistakes and user errors print one line and exit 2 (``--debug``, before
     or after the command name, shows the traceback of a user error instead); Ctrl-C exits 130."""
+    # Notes every run would print and no user can act on: transformers' "requires torchvision" and "sequence length
+    # is longer than" (prompts are chunked as A1111 does), torchsde's float rounding at interval ends.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", message="Should have t[ab]")
     args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=args, prog_name=prog_name, standalone_mode=False)
