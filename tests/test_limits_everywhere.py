@@ -10,6 +10,7 @@ import requests
 
 from hypernet.cli import main
 from hypernet.engine.generate import Settings
+from hypernet.engine.model_defaults import ModelDefaults
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.testing import tiny_server_config
@@ -48,7 +49,7 @@ def url(tmp_path_factory):
 @pytest.mark.parametrize(("values", "args", "sentence"), CASES)
 def test_the_same_sentence_on_every_surface(url, tmp_path: Path, capsys, values, args, sentence) -> None:
     with pytest.raises(SettingsError) as python:
-        Settings("x", **values).check()  # what Generator.generate runs first
+        ModelDefaults().complete(Settings("x", **values)).check()  # what Generator.generate runs first
     assert str(python.value) == sentence
 
     body = {k: str(v) if v in (float("inf"),) or v != v else v for k, v in values.items()}  # JSON has no inf/nan
