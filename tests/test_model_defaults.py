@@ -13,8 +13,10 @@ import safetensors.torch
 
 from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator, Settings
-from hypernet.engine.model_defaults import METADATA_KEY, checkpoint_defaults, model_defaults, native_size
+from hypernet.engine.model_defaults import (METADATA_KEY, checkpoint_defaults, model_defaults, native_size,
+                                            network_widths)
 from hypernet.errors import HypernetError
+from hypernet.network import Hypernetwork
 from hypernet.testing import save_single_file, tiny_pipeline
 from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 from hypernet.toy.model import RECORDED_DEFAULTS
@@ -58,3 +60,24 @@ def test_unreadable_recorded_defaults_are_a_clear_error(tmp_path: Path) -> None:
     safetensors.torch.save_file({}, str(path), metadata={METADATA_KEY: "{not json"})
     with pytest.raises(HypernetError, match="hypernet_defaults.*not JSON"):
         checkpoint_defaults(path)
+
+
+def test_train_config_fields_left_unset_take_the_models_defaults(tmp_path: Path) -> None:
+    """The Python API, like the CLI and the UI: on the toy model an unset size is 64x64 and the recorded rate, batch
+    and template apply; what the caller sets wins; the HTTP API's configs set every field and keep A1111's."""
+    from hypernet.toy.style import write_style_dataset
+    from hypernet.train import TrainConfig, train_hypernetwork
+    from hypernet.train.loop import with_model_defaults
+
+    pipe, info = load_pipeline(CHECKPOINT)
+    Hypernetwork.create("toy", network_widths(pipe, info.text_widths), seed=0).save(tmp_path / "hn" / "toy.pt")
+    config = TrainConfig(hypernetwork_name="toy", data_root=str(write_style_dataset(tmp_path / "data", 4)),
+                         log_directory=str(tmp_path / "logs"), hypernetwork_dir=str(tmp_path / "hn"), steps=1,
+                         create_image_every=0, save_hypernetwork_every=0, device="cpu")
+    result = train_hypernetwork(config, pipe=pipe, info=info)
+    settings = json.loads(next(Path(result.log_directory).glob("settings-*.json")).read_text())
+    assert (settings["training_width"], settings["training_height"]) == (64, 64)
+    assert (settings["learn_rate"], settings["batch_size"], settings["steps"]) == ("2e-3", 4, 1)
+    assert settings["template_file"].endswith("filewords.txt")
+    everything = TrainConfig.parse(TrainConfig().model_dump() | {"hypernetwork_name": "toy"})
+    assert with_model_defaults(everything, model_defaults(pipe, info.path)).training_width == 512

@@ -255,7 +255,10 @@ class Generator:
                 )
             if not hits:
                 warnings.append(f"hypernetwork {name!r} matches no attention layer of this model: it has no effect.")
-        return batch.prompts, batch.infotext_prompts, applied, warnings, entries
+        # networks given directly (a training run's previews) are named in the infotext as tags, so PNG Info and
+        # "Send to txt2img" apply them again
+        tags = "".join(f" <hypernet:{net.name}:{m:g}>" for net, m in extra)
+        return batch.prompts, [p + tags for p in batch.infotext_prompts], applied, warnings, entries
 
     def generate(
         self,

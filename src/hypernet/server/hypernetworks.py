@@ -104,8 +104,9 @@ def train_config(state: ServerState, body: dict[str, Any]) -> Any:
     values["data_root"] = str(confine(state.config.data_dir, values.get("data_root"), "data_root"))
     values["log_directory"] = str(confine(state.config.log_dir, values.get("log_directory") or ".", "log_directory"))
     settings = {key: state.option(key) for key in TrainConfig.field_names() if key in OPTION_DEFAULTS}
-    config = TrainConfig.parse(settings | values | {"clip_skip": int(state.option("CLIP_stop_at_last_layers")),
-                                                     "hypernetwork_dir": str(state.config.hypernetwork_dir)})
+    # every field set (A1111's defaults where the body is silent): the HTTP API does not take the model's defaults
+    config = TrainConfig.parse(TrainConfig().model_dump() | settings | values | {
+        "clip_skip": int(state.option("CLIP_stop_at_last_layers")), "hypernetwork_dir": str(state.config.hypernetwork_dir)})
     config.check()
     limits = state.config.limits
     if config.steps > limits.max_train_steps:

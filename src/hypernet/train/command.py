@@ -9,6 +9,7 @@ on several processes or GPUs.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -121,10 +122,13 @@ def _print_result(result: TrainResult, shown: set[str] = frozenset()) -> None:  
         return
     from rich.console import Console
 
+    from hypernet.train.outputs import made_files
+
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     for warning in result.warnings:
         if warning not in shown:
             console.print(f"warning: {warning}", style="yellow", markup=False)
     console.print(result.message, markup=False)
-    if result.log_directory:
-        console.print(f"Snapshots, previews, loss.png and contact_sheet.png: {result.log_directory}", markup=False)
+    made = made_files(Path(result.log_directory)) if result.log_directory else []
+    if made:
+        console.print(f"In {result.log_directory}: {', '.join(made)}.", markup=False)

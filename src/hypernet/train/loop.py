@@ -33,6 +33,7 @@ from hypernet.engine.attention import attention_widths, install_hypernetworks, i
 from hypernet.engine.checkpoints import ModelInfo, load_pipeline
 from hypernet.engine.conditioning import PromptEncoder
 from hypernet.engine.generate import Generator, Settings
+from hypernet.engine.model_defaults import ModelDefaults, checkpoint_defaults, model_defaults
 from hypernet.errors import HypernetError
 from hypernet.fileio import short_hash
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
@@ -272,6 +273,8 @@ def prepare(
     (VAE and text encodings cached), the optimizer and the log folder. ``cleanup`` puts a caller's pipeline back as
     it was (devices, scheduler, checkpointing, hooks)."""
     c, warnings = config, []
+    if info is not None or c.model:  # what the checkpoint records (the toy model: its steps, rate, batch, template)
+        c = with_model_defaults(c, checkpoint_defaults(info.path if info is not None else c.model), SIZES)
     procs = procs or Processes.detect(c.device)
     template_path = resolve_template(c.template_filename, c.templates_dir)
     lines = read_template(template_path)
@@ -311,6 +314,7 @@ def prepare(
         pipe, info = load_pipeline(c.model, vae=c.vae, dtype=amp if amp is not None and procs.device.type == "cuda" else torch.float32)
     elif info is None:
         raise TypeError("train_hypernetwork(pipe=...) needs the pipeline's ModelInfo as info=")
+    c = with_model_defaults(c, model_defaults(pipe, info.path))  # the native size (64x64 on the toy model)
     amp_dtype = autocast_dtype(c.precision, procs.device, pipe.unet.dtype)
     check_widths(hn, pipe.unet, info, c.name, warnings)
     if c.create_image_every and procs.main:
@@ -525,11 +529,16 @@ def preview(run: Run, history: History, step: int) -> Path:
     assert run.previewer is not None and run.outputs is not None
     moved = [m for m in run.offloaded if m.device != run.device]
     run.hn.eval()
+    # the infotext's tag names this step's snapshot when there is one (copied into the hypernetwork folder, PNG Info
+    # reproduces the preview), else the network
+    snapshot = run.outputs.snapshot_path(step)
+    run.hn.name = snapshot.stem if history.last_snapshot == str(snapshot) else c.name
     try:
         for module in moved:
             module.to(run.device)
         result = run.previewer.generate(settings, extra_networks=[(run.hn, 1.0)])
     finally:
+        run.hn.name = c.name
         run.hn.train()
         for module in moved:
             module.to("cpu")
@@ -593,6 +602,17 @@ def finish(run: Run, history: History, stopped: str, progress: ProgressCallback 
 
 
 # ============================================================================================ preparation pieces
+SIZES = ("training_width", "training_height", "preview_width", "preview_height")
+
+
+def with_model_defaults(c: TrainConfig, defaults: ModelDefaults, skip: tuple[str, ...] = ()) -> TrainConfig:
+    """The fields a Python caller left unset take the model's defaults (its native size, what its checkpoint
+    records), as on the command line and in the web UI; the HTTP API sets every field, so it keeps A1111's."""
+    unset = {key: value for key, value in defaults.training().items()
+             if key in TrainConfig.model_fields and key not in c.model_fields_set and key not in skip}
+    return TrainConfig.parse(c.model_dump(exclude_unset=True) | unset) if unset else c
+
+
 def network_paths(c: TrainConfig, warnings: list[str]) -> tuple[Path, Path]:
     """(file to train from, file the final network goes to)."""
     found = list_hypernetworks(c.hypernetwork_dir)

@@ -170,6 +170,16 @@ class RunOutputs:
             self.tensorboard = None
 
 
+def made_files(root: Path) -> list[str]:
+    """What a run folder holds, naming only what exists (a run with previews or snapshots off made none)."""
+    made = []
+    for folder, suffix, what in (("hypernetworks", ".pt", "snapshots"), ("images", ".png", "previews")):
+        count = sum(1 for _ in (root / folder).glob(f"*{suffix}")) if (root / folder).is_dir() else 0
+        if count:
+            made.append(f"{count} {what if count > 1 else what[:-1]} in {folder}/")
+    return made + [name for name in (CSV_NAME, "loss.png", "contact_sheet.png") if (root / name).is_file()]
+
+
 def run_folder(log_directory: str | os.PathLike[str], name: str, started: datetime) -> Path:
     """``<log_directory>/<YYYY-MM-DD>/<name>``, A1111's folder for a run started then."""
     return Path(log_directory) / started.strftime("%Y-%m-%d") / name
@@ -265,23 +275,33 @@ def loss_curve(losses: Sequence[tuple[int, float]], *, title: str = "loss", size
 
 
 def contact_sheet(entries: Sequence[tuple[int, Path]], *, title: str = "", thumb: int = 256, columns: int = 8) -> Image.Image:
-    """The preview images side by side in step order, each labelled with its step, to pick the last good one."""
-    columns = max(1, min(columns, len(entries), math.ceil(math.sqrt(len(entries) * 2))))
-    rows = math.ceil(len(entries) / columns)
+    """The preview images side by side in step order, each labelled with its step, to pick the last good one.
+    Cells fit the previews (at most ``thumb``); tiny previews (the toy model's 64 px) are enlarged by a whole factor
+    with hard pixel edges to at least 128 px, so the sheet is pictures, not white space."""
+    images: list[tuple[int, Image.Image]] = []
+    for step, path in entries:
+        try:
+            with Image.open(path) as image:
+                images.append((step, image.convert("RGB")))
+        except (OSError, ValueError):
+            continue  # a preview being replaced right now
+    largest = max((max(image.size) for _, image in images), default=thumb)
+    cell = min(thumb, max(largest * max(1, math.ceil(128 / largest)), 128))
+    columns = max(1, min(columns, len(images) or 1, math.ceil(math.sqrt(max(len(images), 1) * 2))))
+    rows = max(1, math.ceil(len(images) / columns))
     label, head = 22, 34 if title else 0
-    sheet = Image.new("RGB", (columns * thumb, head + rows * (thumb + label)), "white")
+    sheet = Image.new("RGB", (columns * cell, head + rows * (cell + label)), "white")
     draw = ImageDraw.Draw(sheet)
     font = _font(14)
     if title:
         draw.text((8, 8), title, fill=_INK, font=_font(18))
-    for i, (step, path) in enumerate(entries):
-        x, y = (i % columns) * thumb, head + (i // columns) * (thumb + label)
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                image.thumbnail((thumb, thumb))
-        except (OSError, ValueError):
-            continue  # a preview being replaced right now
-        sheet.paste(image, (x + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
-        draw.text((x + thumb / 2, y + thumb + 3), f"step {step}", fill=_INK, font=font, anchor="mt")
+    for i, (step, image) in enumerate(images):
+        x, y = (i % columns) * cell, head + (i // columns) * (cell + label)
+        factor = cell // max(image.size)
+        if factor > 1:
+            image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+        else:
+            image.thumbnail((cell, cell))
+        sheet.paste(image, (x + (cell - image.width) // 2, y + (cell - image.height) // 2))
+        draw.text((x + cell / 2, y + cell + 3), f"step {step}", fill=_INK, font=font, anchor="mt")
     return sheet
