@@ -216,6 +216,7 @@ def generate(
     clip_skip: Annotated[int, field_option(GenerateSettings, "clip_skip")] = field_default(GenerateSettings, "clip_skip"),
     init_image: Annotated[Optional[Path], typer.Option(help="img2img source image.")] = None,
     denoise: Annotated[float, field_option(GenerateSettings, "denoising_strength")] = field_default(GenerateSettings, "denoising_strength"),
+    resize_mode: Annotated[int, field_option(GenerateSettings, "resize_mode")] = field_default(GenerateSettings, "resize_mode"),
     vae: Annotated[Optional[Path], typer.Option(help="Separate VAE file.")] = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 model weights (hypernetworks stay fp32).")] = "fp32",
     hypernetwork_precision: Annotated[str, typer.Option(help="Run hypernetworks in fp32, bf16 or fp16 (faster, "
@@ -247,7 +248,8 @@ def generate(
     """Generate images; <hypernet:NAME:WEIGHT> in the prompt applies hypernetworks (A1111 syntax)."""
     _check_generate_options(prompt=prompt, negative_prompt=negative, sampler_name=sampler, scheduler=scheduler,
                             steps=steps, cfg_scale=cfg, seed=seed, size=size, batch_size=batch_size,
-                            n_iter=batch_count, clip_skip=clip_skip, denoising_strength=denoise, subseed=subseed,
+                            n_iter=batch_count, clip_skip=clip_skip, denoising_strength=denoise,
+                            resize_mode=resize_mode, subseed=subseed,
                             subseed_strength=subseed_strength, seed_resize_from=seed_resize_from, enable_hr=hires,
                             hr_scale=hr_scale, hr_second_pass_steps=hr_steps, hr_resize=hr_resize,
                             hr_upscaler=hr_upscaler, hr_sampler_name=hr_sampler, hr_scheduler=hr_scheduler,
@@ -309,7 +311,8 @@ def generate(
         for index, text in mine:
             job_seed = seed + index * per_job if seed != -1 else -1
             settings = Settings(text, negative, sampler, scheduler, steps, cfg, job_seed, width, height, batch_size,
-                                batch_count, clip_skip, init, denoise, hypernetwork_precision=hypernetwork_precision,
+                                batch_count, clip_skip, init, denoise, resize_mode=resize_mode,
+                                hypernetwork_precision=hypernetwork_precision,
                                 **noise_and_hires)
             task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=None)
             result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done, total=total))
