@@ -18,6 +18,7 @@ from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
 from hypernet.export.command import bake, export_lora
 from hypernet.grid.command import grid
+from hypernet.grid.pick import pick
 from hypernet.network import Hypernetwork, describe_file, list_hypernetworks, load_hypernetwork, parse_numbers, sanitize_name
 from hypernet.network.module import WEIGHT_INITS
 from hypernet.prepare.command import preprocess
@@ -37,6 +38,7 @@ app.command()(serve)
 app.command("export-lora")(export_lora)
 app.command()(bake)
 app.command()(grid)
+app.command()(pick)
 
 DEFAULT_HN_DIR = default_hypernetwork_dir()
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]

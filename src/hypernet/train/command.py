@@ -69,6 +69,9 @@ def train(
     filename_word_regex: Annotated[str, typer.Option(help="Captions from file names: keep only this regex's matches.")] = "",
     filename_join_string: Annotated[str, typer.Option(help="Joins the regex matches.")] = " ",
     max_bad_steps: Annotated[int, typer.Option(help="Stop after this many NaN/inf steps in a row.")] = _D.max_bad_steps,
+    validation_split: Annotated[int, typer.Option(help="Images held out of training for the validation loss measured at every snapshot (0: none; -1: a few when the dataset has 20 or more).")] = _D.validation_split,
+    health_probes: Annotated[int, typer.Option(help="Probe images generated at every snapshot to judge style and over-cooking (0: none).")] = _D.health_probes,
+    stop_when_overcooked: Annotated[bool, typer.Option("--stop-when-overcooked", help="Stop when a snapshot over-cooks, and keep the recommended snapshot as the final network.")] = _D.stop_when_overcooked,
 ) -> None:
     """Train a hypernetwork on a folder of images, like A1111's Train tab: resumable, NaN-safe, Ctrl-C saves."""
     from rich.console import Console
@@ -106,7 +109,8 @@ def train(
         vae=str(vae) if vae else None, hypernetwork_dir=str(hypernetwork_dir),
         templates_dir=str(templates_dir) if templates_dir else None,
         resume_from=str(resume_from) if resume_from else None, seed=seed, device=device, precision=precision,
-        gradient_checkpointing=gradient_checkpointing, max_bad_steps=max_bad_steps, **preview,
+        gradient_checkpointing=gradient_checkpointing, max_bad_steps=max_bad_steps, validation_split=validation_split,
+        health_probes=health_probes, stop_when_overcooked=stop_when_overcooked, **preview,
     )
     result = train_hypernetwork(config, progress=_ProgressBar())
     _print_result(result)
@@ -142,7 +146,7 @@ class _ProgressBar:
             return
         loss = p.loss_avg if p.loss_avg is not None else p.loss
         self.bar.update(
-            self.task, completed=p.step, description={"preview": "preview", "saving": "saving"}.get(p.phase, f"epoch {p.epoch}"),
+            self.task, completed=p.step, description={"preview": "preview", "saving": "saving", "health": "health"}.get(p.phase, f"epoch {p.epoch}"),
             loss=f"{loss:.5f}" if loss is not None else "-", lr=f"{p.learn_rate:.3g}",
             speed=f"{p.it_per_s:.2f} it/s" if p.it_per_s else "",
         )
@@ -161,4 +165,6 @@ def _print_result(result: TrainResult) -> None:
         console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(result.message)
     if result.log_directory:
-        console.print(f"Snapshots, previews, loss.png and contact_sheet.png: {result.log_directory}")
+        console.print(f"Snapshots, previews, loss.png, contact_sheet.png and health.csv: {result.log_directory}")
+        if result.health:
+            console.print(f"Compare the best snapshots side by side: hypernet pick {result.log_directory}")

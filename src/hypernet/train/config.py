@@ -77,6 +77,10 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 or fp16 on CUDA, fp32 on CPU) | no | fp16 | bf16
     gradient_checkpointing: str = "auto"  # auto (on CUDA: when the first step runs out of memory) | on | off
     max_bad_steps: int = 10  # stop after this many NaN/inf steps in a row
+    # training health (hypernet.train.health), measured at the start and at every snapshot
+    validation_split: int = -1  # images held out for the validation loss; -1: a few when the dataset has 20 or more
+    health_probes: int = 4  # probe images generated per snapshot (training captions, fixed seeds); 0: none
+    stop_when_overcooked: bool = False  # stop when a snapshot over-cooks; the recommended snapshot becomes the final
 
     # ------------------------------------------------------------------------------------------------------------
     @property
@@ -114,6 +118,8 @@ class TrainConfig:
             _int(self, name, minimum=0)
         _int(self, "clip_skip", minimum=1)
         _int(self, "max_bad_steps", minimum=1)
+        _int(self, "validation_split", minimum=-1)
+        _int(self, "health_probes", minimum=0)
         if not self.data_root:
             raise HypernetError("data_root is empty; pass the folder of training images (--data).")
         root = Path(self.data_root)
@@ -172,7 +178,7 @@ class TrainConfig:
         if self.preview_from_txt2img:
             out |= {key: getattr(self, key) for key in preview}
         ours = ["varsize", "shuffle_tags", "tag_drop_out", "use_weight", "clip_skip", "precision", "gradient_checkpointing",
-                "resume_from", "model", "vae"]
+                "resume_from", "model", "vae", "validation_split", "health_probes", "stop_when_overcooked"]
         out |= {key: getattr(self, key) for key in ours}
         return extra | out
 
@@ -193,6 +199,6 @@ def _int(config: TrainConfig, name: str, *, minimum: int) -> None:
         else:
             raise HypernetError(f"{name} is {value!r}; expected a whole number.")
     if value < minimum:
-        what = {0: "0 or a positive whole number", 1: "a positive whole number"}.get(minimum, f"a whole number of at least {minimum}")
+        what = {-1: "-1 (automatic), 0 or a positive whole number", 0: "0 or a positive whole number", 1: "a positive whole number"}.get(minimum, f"a whole number of at least {minimum}")
         raise HypernetError(f"{name} is {value}; expected {what}.")
 

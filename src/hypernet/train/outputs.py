@@ -124,12 +124,14 @@ class RunOutputs:
         found = [(int(m.group(1)), p) for p in self.images.glob("*.png") if (m := pattern.fullmatch(p.name))]
         return sorted(found)
 
-    def write_contact_sheet(self) -> Path | None:
+    def write_contact_sheet(self, marked: int | None = None) -> Path | None:
+        """All previews by step; ``marked`` (the recommended snapshot's step) frames the preview made there, or
+        the last one before it."""
         entries = self.previews()
         if not entries:
             return None
         path = self.root / "contact_sheet.png"
-        save_image(contact_sheet(entries, title=self.name), path, None)
+        save_image(contact_sheet(entries, title=self.name, marked=marked), path, None)
         return path
 
     def write_loss_curve(self, losses: Sequence[tuple[int, float]]) -> Path | None:
@@ -162,6 +164,7 @@ def _tensorboard(folder: Path, flush_secs: int) -> Any:
 
 # ================================================================================================ drawings
 _INK, _GRID, _RAW, _MEAN = (30, 30, 30), (225, 225, 225), (170, 190, 215), (20, 70, 160)
+_MARK = (20, 150, 60)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -212,8 +215,12 @@ def loss_curve(losses: Sequence[tuple[int, float]], *, title: str = "loss", size
     return image
 
 
-def contact_sheet(entries: Sequence[tuple[int, Path]], *, title: str = "", thumb: int = 256, columns: int = 8) -> Image.Image:
-    """The preview images side by side in step order, each labelled with its step, to pick the last good one."""
+def contact_sheet(entries: Sequence[tuple[int, Path]], *, title: str = "", thumb: int = 256, columns: int = 8,
+                  marked: int | None = None) -> Image.Image:
+    """The preview images side by side in step order, each labelled with its step, to pick the last good one;
+    the preview at (or last before) step ``marked`` is framed and labelled "recommended"."""
+    before = [step for step, _ in entries if marked is not None and step <= marked]
+    marked = before[-1] if before else None
     columns = max(1, min(columns, len(entries), math.ceil(math.sqrt(len(entries) * 2))))
     rows = math.ceil(len(entries) / columns)
     label, head = 22, 34 if title else 0
@@ -231,5 +238,8 @@ def contact_sheet(entries: Sequence[tuple[int, Path]], *, title: str = "", thumb
         except (OSError, ValueError):
             continue  # a preview being replaced right now
         sheet.paste(image, (x + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
-        draw.text((x + thumb / 2, y + thumb + 3), f"step {step}", fill=_INK, font=font, anchor="mt")
+        if step == marked:
+            draw.rectangle([x + 1, y + 1, x + thumb - 2, y + thumb + label - 2], outline=_MARK, width=4)
+        text = f"step {step} - recommended" if step == marked else f"step {step}"
+        draw.text((x + thumb / 2, y + thumb + 3), text, fill=_MARK if step == marked else _INK, font=font, anchor="mt")
     return sheet
