@@ -4,8 +4,8 @@
 An SD1.5-architecture pipeline (real UNet, VAE and CLIP-L widths, random seeded weights, fp32 on the CPU) trains
 the default 768/320/640/1280 1-2-1 network on one image at ``--size`` (256 px), batch 1. Three things are timed:
 
-* ``hypernet``  hypernet's whole training step, through ``train_hypernetwork`` (cached latents and text, batch
-                assembly, NaN guard, optimizer step, a CSV row and a progress report every step). Per-step times
+* ``hypernet``  hypernet's whole training step, through ``train_hypernetwork`` (``prepare()`` then the one
+                training loop: cached latents and text, batch assembly, NaN guard, optimizer step, a CSV row and a progress report every step). Per-step times
                 come from the progress reports; the first step of every call is a warm-up and is not counted. The
                 set-up (VAE and text encoding of the dataset, the log folder) is reported separately.
 * ``floor``     the bare forward + backward of the frozen UNet with the network attached, and nothing else: no
@@ -253,10 +253,8 @@ def main() -> None:
             setup_s.append(total - sum(steps))
 
     def run_with_stack(part: Part, net: Hypernetwork | None, step_fn) -> None:
-        stack = install_hypernetworks(unet)
-        stack.set([(net, 1.0)] if net is not None else [])
-        time_loop(part, step_fn, args.steps)
-        stack.set([])
+        with install_hypernetworks(unet).applied([(net, 1.0)] if net is not None else []):
+            time_loop(part, step_fn, args.steps)
 
     order = list(parts)
     for r in range(args.rounds):

@@ -30,9 +30,15 @@ def test_export_lora_and_bake_over_http(served) -> None:
     answer = requests.post(f"{url}/hypernet/export-lora", json={"hypernetworks": ["flat:0.5"], "rank": 4}, timeout=300)
     assert answer.status_code == 200, answer.text
     report = answer.json()
-    lora = config.models_dir.parent / "Lora" / "flat.safetensors"
+    lora = config.lora_dir / "flat.safetensors"
     assert report["path"] == str(lora) and report["method"] == "svd" and report["rank"] == 4 and lora.is_file()
     assert safetensors.safe_open(lora, "pt").metadata()["hypernet_multiplier"] == "0.5"
+    # the export is usable at once as a <lora:...> tag on the same server
+    assert "flat" in [entry["name"] for entry in requests.get(f"{url}/loras", timeout=30).json()]
+    body = {"prompt": "a cat <lora:flat:1>", "steps": 2, "width": 64, "height": 64, "seed": 3}
+    used = requests.post(f"{url}/txt2img", json=body, timeout=300)
+    assert used.status_code == 200, used.text
+    assert "Lora hashes" in used.json()["info"]
 
     answer = requests.post(f"{url}/hypernet/bake", json={"hypernetworks": ["flat"], "output_name": "baked"}, timeout=300)
     assert answer.status_code == 200, answer.text

@@ -38,7 +38,7 @@ def test_export_button_writes_a_lora_and_bake_button_a_checkpoint(tmp_path) -> N
         page.click("#export_lora_button")
         page.wait_for_function("document.querySelector('#export_status').innerText.includes('Wrote')")
         assert "exact" in page.inner_text("#export_status")
-        assert (config.models_dir.parent / "Lora" / "flat.safetensors").is_file()
+        assert (config.lora_dir / "flat.safetensors").is_file()
         page.click("#export_bake_button")
         page.wait_for_function("document.querySelector('#export_status').innerText.includes('tiny-sd1+flat')")
         assert (config.models_dir / "tiny-sd1+flat.safetensors").is_file()

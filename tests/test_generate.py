@@ -112,8 +112,10 @@ def test_unknown_name_and_unsupported_tags(setup) -> None:
     _, gen, _ = setup
     with pytest.raises(HypernetError, match="Unknown hypernetwork 'Style'.*'style'"):
         gen.generate(Settings("a <hypernet:Style:1>", **FAST))
-    r = gen.generate(Settings("a <lora:thing:1>", **FAST))
-    assert any("lora" in w for w in r.warnings)
+    with pytest.raises(HypernetError, match="Unknown LoRA 'thing'"):  # LoRA tags are applied now, names checked
+        gen.generate(Settings("a <lora:thing:1>", **FAST))
+    r = gen.generate(Settings("a <style:thing:1>", **FAST))
+    assert any("<style:thing:1>" in w for w in r.warnings)
 
 
 def test_network_for_another_family_warns(setup) -> None:

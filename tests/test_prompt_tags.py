@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from hypernet.errors import HypernetError
+from hypernet.prompt.tags import LoraSelection
 from hypernet.prompt import (
     ExtraNetworkParams,
     HypernetworkSelection,
@@ -118,13 +119,38 @@ def test_identical_prompts_in_a_batch_give_no_warning() -> None:
 
 
 def test_other_tag_types_are_removed_with_a_warning_each() -> None:
-    batch = parse_batch(["<lora:x:1> a <lyco:y:0.5:te=0.2>", "<lora:x:1> b"], {"h"})
-    assert batch.prompts == [" a ", " b"]
+    batch = parse_batch(["<style:x:1> a <lora:y:0.5>", "<style:x:1> b <lora:y:0.5>"], {"h"})
+    assert batch.prompts == [" a ", " b "]
     assert batch.hypernetworks == []
-    assert batch.warnings == [
-        "<lora:x:1> is not supported yet and was removed.",
-        "<lyco:y:0.5:te=0.2> is not supported yet and was removed.",
-    ]
+    assert batch.warnings == ["<style:x:1> is not supported yet and was removed."]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("<lora:x>", [LoraSelection("x", 1.0, 1.0, None)]),
+        ("<lora:x:0.7>", [LoraSelection("x", 0.7, 0.7, None)]),
+        ("<lora:x:0.7:0.2>", [LoraSelection("x", 0.7, 0.2, None)]),
+        ("<lora:x:te=0.5>", [LoraSelection("x", 0.5, 0.5, None)]),
+        ("<lora:x:0.7:unet=0.1:dyn=4>", [LoraSelection("x", 0.7, 0.1, 4)]),
+        ("<lora:x:1:0.5:8>", [LoraSelection("x", 1.0, 0.5, 8)]),
+        # A1111 merges <lyco:...> into <lora:...>; the type that appears first comes first
+        ("<lyco:y:0.5:te=0.2> a <lora:x:1>", [LoraSelection("y", 0.2, 0.2, None), LoraSelection("x", 1.0, 1.0, None)]),
+    ],
+)
+def test_lora_tags_read_like_a1111(prompt: str, expected: list[LoraSelection]) -> None:
+    batch = parse_batch([prompt], set())
+    assert batch.loras == expected and batch.warnings == [] and "<" not in batch.prompts[0]
+
+
+def test_lora_tag_with_a_bad_number_names_the_tag() -> None:
+    with pytest.raises(HypernetError, match=r"<lora:x:strong> has a value that is not a number"):
+        parse_batch(["<lora:x:strong>"], set())
+
+
+def test_lora_tags_only_in_a_later_prompt_warn() -> None:
+    batch = parse_batch(["a", "b <lora:x:1>"], set())
+    assert batch.loras == [] and "only the first prompt of a batch selects LoRA" in batch.warnings[0]
 
 
 @pytest.mark.parametrize("tag", ["<HyperNet:h:1>", "<hyper_net:h:1>", "<hypernetwork:h:1>"])

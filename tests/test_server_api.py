@@ -278,3 +278,33 @@ def test_switch_checkpoint_through_options_and_override(api, server, url) -> Non
     assert api.txt2img(prompt="a hill", **FAST).info["sd_model_name"] == "other"
     api.set_options({"sd_model_checkpoint": original})
     assert api.util_get_current_model() == original
+
+
+def test_loras_and_embeddings_listed_refreshed_and_used(api, server, url) -> None:
+    import torch
+
+    from hypernet.testing import TEXT_WIDTHS, kohya_lora, save_tensors
+
+    _, state = server
+    pipe = state.model.generator.pipe
+    lora, _ = kohya_lora(pipe, "sd1", seed=1)
+    save_tensors(lora, state.config.lora_dir / "sub" / "detail.safetensors", {"ss_output_name": "Detail"})
+    width = TEXT_WIDTHS["sd1"][0]
+    state.config.embeddings_dir.mkdir(parents=True)
+    torch.save({"string_to_param": {"*": torch.full((2, width), 0.01)}, "step": 500}, state.config.embeddings_dir / "easyneg.pt")
+    torch.save({"emb_params": torch.zeros(1, 1024)}, state.config.embeddings_dir / "sd2only.pt")
+    assert requests.post(f"{url}/refresh-loras").json() is None
+    assert requests.post(f"{url}/refresh-embeddings").json() is None
+    assert api.get_loras() == [{"name": "detail", "alias": "Detail", "path": str(state.config.lora_dir / "sub" / "detail.safetensors"),
+                                "metadata": {"ss_output_name": "Detail"}}]
+    assert api.get_embeddings() == {
+        "loaded": {"easyneg": {"step": 500, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": width, "vectors": 2}},
+        "skipped": {"sd2only": {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None, "shape": 1024, "vectors": 1}},
+    }
+    result = api.txt2img(prompt="a castle <hypernet:style:0.5> <lora:Detail:0.8>", negative_prompt="easyneg", **FAST)
+    info = result.info
+    assert info["extra_generation_params"]["Lora hashes"].startswith("Detail: ")
+    assert info["extra_generation_params"]["TI hashes"].startswith("easyneg: ")
+    assert info["loras"][0]["name"] == "Detail" and info["loras"][0]["te"] == 0.8 and info["embeddings"] == ["easyneg"]
+    bad = requests.post(f"{url}/txt2img", json={"prompt": "a <lora:detial:1>", **FAST})
+    assert bad.status_code == 400 and "did you mean 'detail'" in bad.json()["detail"]

@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 import requests
+import torch
 
 from hypernet.engine.infotext import parse_infotext
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.testing import tiny_server_config
+from hypernet.testing import TEXT_WIDTHS, save_tensors
 
 CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("HYPERNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "ui"
@@ -233,3 +235,30 @@ def test_hires_fix_with_its_own_sampler_and_prompts(page) -> None:
     assert (info["Hires prompt"], info["Hires negative prompt"]) == ("a tall tower", "fog")
     shot(page, "7-txt2img-hires-fix")
     page.locator("#txt2img_enable_hr input[type=checkbox]").uncheck()
+
+
+def test_lora_and_embedding_cards_insert_into_prompts(page, server) -> None:
+    _, state = server
+    save_tensors({"lora_unet_a.lora_up.weight": torch.zeros(2, 1), "lora_unet_a.lora_down.weight": torch.zeros(1, 2)},
+                 state.config.lora_dir / "cardlora.safetensors", {"ss_output_name": "CardLora"})
+    state.config.embeddings_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"emb_params": torch.zeros(1, TEXT_WIDTHS["sd1"][0])}, state.config.embeddings_dir / "cardneg.pt")
+    open_tab(page, "txt2img")
+    page.fill("#txt2img_prompt textarea", "a tower")
+    page.fill("#txt2img_negative textarea", "")
+    open_tab(page, "Lora")
+    page.click("#lora_refresh")
+    card = page.locator("#lora_cards img[alt^='CardLora']")
+    card.wait_for()
+    card.click()
+    open_tab(page, "Textual Inversion")
+    page.locator("#ti_target").get_by_text("txt2img negative", exact=True).click()
+    page.click("#ti_refresh")
+    emb = page.locator("#ti_cards img[alt^='cardneg']")
+    emb.wait_for()
+    shot(page, "5-textual-inversion-cards")
+    emb.click()
+    open_tab(page, "txt2img")
+    page.wait_for_function("document.querySelector('#txt2img_negative textarea').value.includes('cardneg')")
+    assert page.input_value("#txt2img_prompt textarea") == "a tower <lora:CardLora:1>"
+    assert page.input_value("#txt2img_negative textarea") == "cardneg"

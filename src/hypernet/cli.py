@@ -13,7 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from hypernet.defaults import DEFAULT_WIDTHS, TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import embeddings_dir as default_embeddings_dir
 from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
+from hypernet.defaults import lora_dir as default_lora_dir
 from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
 from hypernet.export.command import bake, export_lora
@@ -141,6 +143,8 @@ def generate(
                                                     "the lines are split across processes.")] = None,
     negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
     hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
+    lora_dir: Annotated[Path, typer.Option(help="Where <lora:NAME:WEIGHT> names are looked up (A1111: models/Lora).")] = default_lora_dir(),
+    embeddings_dir: Annotated[Path, typer.Option(help="Textual-inversion embeddings, used by file name in prompts.")] = default_embeddings_dir(),
     esrgan_dir: Annotated[Path, typer.Option(help="ESRGAN models for --hr-upscaler NAME (file stem).")] = Path(
         "models/ESRGAN"),
     sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'.")] = "DPM++ 2M",
@@ -237,7 +241,7 @@ def generate(
     with console.status(f"loading {model}"):
         pipe, info = open_model(model, vae=vae, precision=precision, device=state.device, medvram=medvram,
                                 lowvram=lowvram, vae_tiling=vae_tiling)
-    generator = Generator(pipe, info, hypernetwork_dir, esrgan_dir)
+    generator = Generator(pipe, info, hypernetwork_dir, esrgan_dir, lora_dirs=[lora_dir], embeddings_dir=embeddings_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_job = batch_size * batch_count
     start = _next_image_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)
@@ -255,6 +259,10 @@ def generate(
             for a in result.applied:
                 hits = ", ".join(f"{n} layers at width {w}" for w, n in sorted(a.layers_by_width.items()))
                 console.print(f"applied {a.name} x{a.multiplier}: {hits}")
+            for lora in result.loras:
+                console.print(f"applied LoRA {lora.name} te x{lora.te} unet x{lora.unet}: {lora.layers} layers")
+            if result.embeddings:
+                console.print(f"embeddings used: {', '.join(result.embeddings)}")
             for warning in result.warnings:
                 console.print(f"[yellow]warning:[/yellow] {warning}")
             for i, (image, text_info, seed_used) in enumerate(zip(result.images, result.infotexts, result.seeds)):

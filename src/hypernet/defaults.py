@@ -1,4 +1,4 @@
-"""Defaults every layer agrees on, defined once: the embedded toy model, the hypernetwork folder, widths, precisions.
+"""Defaults every layer agrees on, defined once: the embedded toy model, the model folders, widths, precisions.
 
 A leaf: it imports nothing from hypernet, so the network, engine, trainer, server and CLI can all read it without
 depending on each other (the toy package, for instance, trains networks and so sits above the trainer).
@@ -18,6 +18,10 @@ TOY_NOTE = (f"no model given: using hypernet's embedded toy model ({TOY_CHECKPOI
 
 HYPERNETWORK_DIR_ENV = "HYPERNET_HYPERNETWORK_DIR"
 A1111_HYPERNETWORK_DIR = Path("models/hypernetworks")
+LORA_DIR_ENV = "HYPERNET_LORA_DIR"
+A1111_LORA_DIR = Path("models/Lora")
+EMBEDDINGS_DIR_ENV = "HYPERNET_EMBEDDINGS_DIR"
+A1111_EMBEDDINGS_DIR = Path("embeddings")
 
 # A1111's "Create hypernetwork" form: the context widths of SD 1.x (768) and SD 2.x/XL's cross-attention (320..1280)
 DEFAULT_WIDTHS = (768, 320, 640, 1280)
@@ -32,3 +36,13 @@ TRAIN_PRECISIONS = ("auto", "no", "fp16", "bf16")
 def hypernetwork_dir() -> Path:
     """The folder ``<hypernet:NAME>`` names are looked up in: ``$HYPERNET_HYPERNETWORK_DIR``, else A1111's."""
     return Path(os.environ.get(HYPERNETWORK_DIR_ENV) or A1111_HYPERNETWORK_DIR)
+
+
+def lora_dir() -> Path:
+    """The folder ``<lora:NAME:WEIGHT>`` names are looked up in: ``$HYPERNET_LORA_DIR``, else A1111's."""
+    return Path(os.environ.get(LORA_DIR_ENV) or A1111_LORA_DIR)
+
+
+def embeddings_dir() -> Path:
+    """The folder textual-inversion embeddings are read from: ``$HYPERNET_EMBEDDINGS_DIR``, else A1111's."""
+    return Path(os.environ.get(EMBEDDINGS_DIR_ENV) or A1111_EMBEDDINGS_DIR)

@@ -60,6 +60,13 @@ def tiny_pipeline(variant: Variant = "sd1", seed: int = 0) -> DiffusionPipeline:
     return pipe
 
 
+def random_pipeline(variant: Variant, seed: int = 0) -> DiffusionPipeline:
+    """The real-size architecture of ``variant`` with random weights drawn from ``seed`` (for benchmarks)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _build_pipeline(variant, family_configs(variant))
+
+
 def skeleton_pipeline(variant: Variant) -> DiffusionPipeline:
     """The real-size architecture of ``variant`` with its weights on the meta device (no memory, no values).
 
@@ -346,4 +353,82 @@ def save_tiny_esrgan(path: str | os.PathLike[str], layout: Literal["old", "new"]
         atomic_write_bytes(path, safetensors.torch.save({k: v.contiguous() for k, v in state.items()}))
     else:
         atomic_write_with(path, lambda f: torch.save({"params_ema": state} if layout == "new" else state, f))
+    return path
+
+
+# =============================================================================================== LoRA files
+def kohya_lora(
+    pipe: DiffusionPipeline,
+    variant: Variant,
+    *,
+    seed: int = 0,
+    rank: int = 2,
+    alpha: float | None = 1.0,
+    unet_names: Literal["diffusers", "ldm"] = "diffusers",
+    scale: float = 0.3,
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """A random kohya-format LoRA for ``pipe``, as sd-scripts writes it: every attention, feed-forward, projection
+    and resnet layer of the UNet (3x3 convolutions as LoCon, ``down`` with the kernel) and every encoder-layer
+    Linear of the text encoders (``lora_te_``, or ``lora_te1_``/``lora_te2_`` for SDXL).
+
+    ``unet_names="ldm"`` writes UNet keys with LDM module names (``lora_unet_input_blocks_4_1_proj_in``), as many
+    SDXL files have them. Returns the tensors and, per layer name, the diffusers module it is written for
+    (``unet.…``, ``text_encoder.…``, ``text_encoder_2.…``).
+    """
+    ldm = _unet_ldm_module_names(pipe.unet) if unet_names == "ldm" else {}
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    modules: dict[str, str] = {}
+
+    def add(layer: str, module: torch.nn.Module, path: str) -> None:
+        weight = module.weight
+        out_ch, in_ch = weight.shape[:2]
+        kernel = tuple(weight.shape[2:])
+        down = torch.randn(rank, in_ch, *kernel, generator=generator) * scale
+        up = torch.randn(out_ch, rank, *([1, 1] if kernel else []), generator=generator) * scale
+        state[f"{layer}.lora_down.weight"] = down
+        state[f"{layer}.lora_up.weight"] = up
+        if alpha is not None:
+            state[f"{layer}.alpha"] = torch.tensor(float(alpha))
+        modules[layer] = path
+
+    for name, module in pipe.unet.named_modules():
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)) or name in ("conv_in", "conv_out"):
+            continue
+        if not any(part in name for part in (".attentions.", ".resnets.", "samplers.")):
+            continue
+        layer = "lora_unet_" + (ldm[name] if unet_names == "ldm" else name).replace(".", "_")
+        add(layer, module, "unet." + name)
+    encoders = [("text_encoder", pipe.text_encoder)]
+    if variant == "sdxl":
+        encoders.append(("text_encoder_2", pipe.text_encoder_2))
+    for index, (component, encoder) in enumerate(encoders):
+        prefix = {("sdxl", 0): "lora_te1_", ("sdxl", 1): "lora_te2_"}.get((variant, index), "lora_te_")
+        for name, module in encoder.named_modules():
+            if isinstance(module, torch.nn.Linear) and "encoder.layers." in name:
+                full = name if name.startswith("text_model.") else "text_model." + name  # transformers 5 drops it
+                add(prefix + full.replace(".", "_"), module, f"{component}.{name}")
+    return state, modules
+
+
+def _unet_ldm_module_names(unet: UNet2DConditionModel) -> dict[str, str]:
+    """diffusers module name -> LDM module name, from :func:`unet_to_ldm` (matched by tensor storage)."""
+    by_pointer = {tensor.data_ptr(): key for key, tensor in unet.state_dict().items()}
+    names = {}
+    for ldm_key, tensor in unet_to_ldm(unet).items():
+        key = by_pointer.get(tensor.data_ptr())
+        if key is not None and key.endswith(".weight") and ldm_key.endswith(".weight"):
+            names[key[: -len(".weight")]] = ldm_key[: -len(".weight")]
+    return names
+
+
+def save_tensors(state: dict[str, torch.Tensor], path: str | os.PathLike[str],
+                 metadata: dict[str, str] | None = None) -> Path:
+    """Write a flat tensor table as ``.safetensors`` (with ``metadata``) or as a ``.pt``/``.bin``/``.ckpt`` pickle."""
+    path = Path(path)
+    state = {k: v.contiguous() for k, v in state.items()}
+    if path.suffix == ".safetensors":
+        atomic_write_bytes(path, safetensors.torch.save(state, metadata=metadata))
+    else:
+        atomic_write_with(path, lambda fh: torch.save(state, fh))
     return path

@@ -3,11 +3,14 @@ restored, clip skip, and (for SDXL) two encoders concatenated plus the pooled em
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline
 
+from hypernet.engine.embeddings import EmbeddingMatcher
+from hypernet.network.embeddings import Embedding
 from hypernet.prompt.syntax import PromptChunk, chunk_prompt
 
 
@@ -22,7 +25,8 @@ class Conditioning:
 class PromptEncoder:
     """Encodes prompts with a pipeline's tokenizer(s) and text encoder(s), caching each distinct text."""
 
-    def __init__(self, pipe: DiffusionPipeline, *, clip_skip: int = 1) -> None:
+    def __init__(self, pipe: DiffusionPipeline, *, clip_skip: int = 1,
+                 embeddings: Mapping[str, Embedding] | None = None) -> None:
         if clip_skip < 1:
             raise ValueError("clip_skip must be >= 1")
         self.pairs = [(pipe.tokenizer, pipe.text_encoder)]
@@ -31,6 +35,7 @@ class PromptEncoder:
         self.sdxl = len(self.pairs) == 2
         self.clip_skip = clip_skip
         self._cache: dict[str, Conditioning] = {}
+        self.embeddings = EmbeddingMatcher(self.pairs[0][0], embeddings or {})
 
     def token_count(self, text: str) -> int:
         """A1111's token counter for the prompt box."""
@@ -44,6 +49,7 @@ class PromptEncoder:
             eos_id=tokenizer.eos_token_id,
             pad_id=tokenizer.pad_token_id,
             comma_id=tokenizer.get_vocab().get(",</w>"),
+            find_embedding=self.embeddings.find if self.embeddings else None,
         )
 
     @torch.no_grad()
@@ -51,11 +57,12 @@ class PromptEncoder:
         if text not in self._cache:
             parts: list[torch.Tensor] = []
             pooled = None
-            for tokenizer, encoder in self.pairs:
+            for index, (tokenizer, encoder) in enumerate(self.pairs):
                 chunks = self._chunks(text, tokenizer).chunks
                 zs = []
                 for i, chunk in enumerate(chunks):
-                    z, pool = self._encode_chunk(encoder, chunk)
+                    with self.embeddings.written_into(encoder, chunk, index):
+                        z, pool = self._encode_chunk(encoder, chunk)
                     zs.append(z)
                     if i == 0 and pool is not None:
                         pooled = pool

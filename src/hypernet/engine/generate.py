@@ -25,7 +25,9 @@ from hypernet.engine import hires, latents, upscalers
 from hypernet.engine.attention import attention_widths, install_hypernetworks
 from hypernet.engine.checkpoints import ModelInfo, precision_dtype
 from hypernet.engine.conditioning import PromptEncoder
+from hypernet.engine.embeddings import EmbeddingLibrary
 from hypernet.engine.infotext import format_infotext
+from hypernet.engine.lora import AppliedLora, LoraLibrary, LoraMerger, activate_loras, lora_infotext
 from hypernet.errors import HypernetError
 from hypernet.sampling import Plan, plan, sample_latent
 from hypernet.sampling.schedules import alphas_cumprod_for
@@ -141,6 +143,8 @@ class Result:
     seeds: list[int]
     applied: list[Applied] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    loras: list[AppliedLora] = field(default_factory=list)
+    embeddings: list[str] = field(default_factory=list)  # textual-inversion embeddings the prompts used
 
 
 def apply_memory_options(pipe: DiffusionPipeline, *, medvram: bool = False, lowvram: bool = False,
@@ -165,7 +169,9 @@ class Generator:
     """A loaded model that generates with hypernetworks named in prompts (``<hypernet:NAME:WEIGHT>``)."""
 
     def __init__(self, pipe: DiffusionPipeline, info: ModelInfo, hypernetwork_dir: str | os.PathLike[str] | None = None,
-                 esrgan_dir: str | os.PathLike[str] | None = None, *, max_loaded_networks: int = 16) -> None:
+                 esrgan_dir: str | os.PathLike[str] | None = None, *, max_loaded_networks: int = 16,
+                 lora_dirs: Sequence[str | os.PathLike[str]] = (),
+                 embeddings_dir: str | os.PathLike[str] | None = None) -> None:
         self.pipe = pipe
         self.esrgan_dir = Path(esrgan_dir) if esrgan_dir is not None else None
         pipe.set_progress_bar_config(disable=True)  # callers show progress through ``progress``
@@ -177,6 +183,9 @@ class Generator:
         self.max_loaded_networks = max_loaded_networks
         self._attention_widths = attention_widths(pipe.unet)
         self.alphas_cumprod = alphas_cumprod_for(pipe.scheduler.config)
+        self.loras = LoraLibrary(lora_dirs)  # <lora:NAME> files (A1111: models/Lora)
+        self.lora_merger = LoraMerger(pipe, info.family)
+        self.embeddings = EmbeddingLibrary(embeddings_dir)  # textual inversion (A1111: embeddings/)
 
     @property
     def device(self) -> torch.device:
@@ -254,29 +263,39 @@ class Generator:
         base_seed = random.randrange(4294967294) if s.seed == -1 else int(s.seed)
         base_subseed = random.randrange(4294967294) if s.subseed == -1 else int(s.subseed)
         plan(s.params(base_seed, base_subseed))  # bad names and values fail before any work
-        encoder = PromptEncoder(self.pipe, clip_skip=s.clip_skip)
-        result = Result([], [], [])
+        embeddings = self.embeddings.for_width(sum(self.info.text_widths))
+        encoder = PromptEncoder(self.pipe, clip_skip=s.clip_skip, embeddings=embeddings)
+        result = Result([], [], [], warnings=self.embeddings.skipped_warnings([s.prompt, s.negative_prompt]))
         total = s.n_iter * s.steps
-        for it in range(s.n_iter):
-            if hooks.interrupted and hooks.interrupted():
-                break
-            first = it * s.batch_size
-            seed = base_seed + (first if s.subseed_strength == 0 else 0)
-            params = s.params(seed, base_subseed + first)
-            p = plan(params)
-            prompts = [s.prompt] * s.batch_size
-            clean, info_prompts, applied, warnings, entries = self.select(prompts, s, extra_networks)
-            result.applied, result.warnings = applied, list(dict.fromkeys(result.warnings + warnings))
-            # The networks apply for this batch only; whatever the stack held before (a training run's network)
-            # applies again afterwards. Model calls tell each layer whether folding a linear network pays off.
-            calls = p.steps * (2 if p.sampler.flag.get("second_order") else 1)
-            dtype = precision_dtype(s.hypernetwork_precision)
-            with self.stack.applied(entries, dtype=dtype, expected_calls=calls):
-                images = self._run(encoder, clean[0], s, params, hooks, it * s.steps, total)
-            for i, (image, prompt) in enumerate(zip(images, info_prompts)):
-                result.images.append(image)
-                result.seeds.append(p.seeds[i])
-                result.infotexts.append(self.infotext(prompt, s, p, i))
+        try:
+            for it in range(s.n_iter):
+                if hooks.interrupted and hooks.interrupted():
+                    break
+                first = it * s.batch_size
+                seed = base_seed + (first if s.subseed_strength == 0 else 0)
+                params = s.params(seed, base_subseed + first)
+                p = plan(params)
+                prompts = [s.prompt] * s.batch_size
+                clean, info_prompts, applied, warnings, entries = self.select(prompts, s, extra_networks)
+                # LoRAs are merged into the weights for the generation (cached for the next one with the same
+                # LoRAs) and the original tensors are put back in ``finally``.
+                result.loras, lora_warnings = activate_loras(self.loras, self.lora_merger, prompts)
+                warnings += lora_warnings
+                result.applied, result.warnings = applied, list(dict.fromkeys(result.warnings + warnings))
+                # The networks apply for this batch only; whatever the stack held before (a training run's
+                # network) applies again afterwards. Model calls tell each layer whether folding pays off.
+                calls = p.steps * (2 if p.sampler.flag.get("second_order") else 1)
+                dtype = precision_dtype(s.hypernetwork_precision)
+                with self.stack.applied(entries, dtype=dtype, expected_calls=calls):
+                    images = self._run(encoder, clean[0], s, params, hooks, it * s.steps, total)
+                networks = lora_infotext(result.loras) | self.embeddings.infotext(list(encoder.embeddings.used))
+                for i, (image, prompt) in enumerate(zip(images, info_prompts)):
+                    result.images.append(image)
+                    result.seeds.append(p.seeds[i])
+                    result.infotexts.append(self.infotext(prompt, s, p, i, networks))
+                result.embeddings = list(encoder.embeddings.used)
+        finally:
+            self.lora_merger.restore()  # the merge stays cached for the next generation with the same LoRAs
         return result
 
     def _conditioning(self, encoder: PromptEncoder, prompt: str, negative: str, p: Plan, batch: int,
@@ -347,8 +366,10 @@ class Generator:
                                           hr_plan, hr_plan.batch_size, (target.width, target.height))
         return sample_latent(self.pipe.unet, cond, uncond, hr_params, init_latent=x, hires_steps=hr_steps, **common)
 
-    def infotext(self, prompt: str, s: Settings, p: Plan, index: int = 0) -> str:
-        """A1111's infotext for image ``index`` of a batch sampled with plan ``p``."""
+    def infotext(self, prompt: str, s: Settings, p: Plan, index: int = 0,
+                 networks: dict[str, str] | None = None) -> str:
+        """A1111's infotext for image ``index`` of a batch sampled with plan ``p``; ``networks`` holds the
+        "Lora hashes" and "TI hashes" fields, which A1111 adds after the hires fields and before the sampler's."""
         fields = p.infotext_fields()
         fields["Seed"] = p.seeds[index]
         if p.subseed_strength:
@@ -378,6 +399,7 @@ class Generator:
             ordered[target.infotext[0]] = target.infotext[1]
             ordered["Hires steps"] = s.hr_second_pass_steps or None
             ordered["Hires upscaler"] = s.hr_upscaler
+        ordered.update(networks or {})
         ordered.update(fields)
         ordered["Version"] = f"hypernet {__version__}"
         return format_infotext(prompt, s.negative_prompt, ordered)

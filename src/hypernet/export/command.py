@@ -11,14 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, hypernetwork_dir
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, hypernetwork_dir, lora_dir
 from hypernet.engine.generate import Generator
 from hypernet.engine.loading import open_model
 from hypernet.errors import HypernetError
 from hypernet.export.api import ExportReport, bake as bake_checkpoint, export_lora as export, resolve_networks
 from hypernet.export.fit import DEFAULT_PROMPTS, FitOptions
 
-LORA_DIR = Path("models/Lora")
 CHECKPOINT_DIR = Path("models/Stable-diffusion")
 _HN_DIR = hypernetwork_dir()
 
@@ -105,7 +104,7 @@ def export_lora(
     prompts: Prompts = None,
     size: Size = None,
     dir: HnDir = _HN_DIR,
-    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output .safetensors (default: models/Lora/NAME.safetensors).")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output .safetensors (default: NAME.safetensors in the LoRA folder: $HYPERNET_LORA_DIR or models/Lora).")] = None,
     as_json: AsJson = False,
 ) -> None:
     """Export hypernetworks as one LoRA (exact for linear networks; fitted for non-linear ones)."""
@@ -115,7 +114,7 @@ def export_lora(
     entries = resolve_networks(names, dir, multiplier)
     generator, _ = _generator(model, console)
     prompt_list = _prompts(prompts)
-    target = out or LORA_DIR / f"{'+'.join(net.name for net, _ in entries)}.safetensors"
+    target = out or lora_dir() / f"{'+'.join(net.name for net, _ in entries)}.safetensors"
     dtype = None if fp16 is None else (torch.float16 if fp16 else torch.float32)
     with console.status("exporting"):
         report = export(generator, entries, target, rank=rank, format=format, include_bias=not no_bias,  # type: ignore[arg-type]

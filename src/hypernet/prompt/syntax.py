@@ -314,6 +314,12 @@ class PromptChunk:
 
     tokens: tuple[int, ...]
     multipliers: tuple[float, ...]
+    fixes: tuple[tuple[int, str], ...] = ()
+    """Embeddings to write in: ``(offset after the start token, name)``; their ids here are placeholders (0)."""
+
+
+FindEmbedding = Callable[[Sequence[int], int], "tuple[str, int, int] | None"]
+"""``(tokens, position) -> (name, tokens the name takes, vectors)`` of the embedding named there, or None."""
 
 
 class ChunkedPrompt(NamedTuple):
@@ -333,6 +339,7 @@ def chunk_prompt(
     pad_id: int | None = None,
     chunk_length: int = 75,
     comma_padding_backtrack: int = 20,
+    find_embedding: FindEmbedding | None = None,
 ) -> ChunkedPrompt:
     """Tokenize a prompt into A1111's fixed-size chunks, so long prompts and ``BREAK`` encode as in A1111.
 
@@ -344,6 +351,9 @@ def chunk_prompt(
     full length (default ``eos_id`` as in SD1; SD2's OpenCLIP pads with 0). When a chunk fills up and its last
     comma is at most ``comma_padding_backtrack`` tokens back, the text after that comma moves to the next chunk
     (0 turns this off).
+
+    ``find_embedding`` names textual-inversion embeddings: each takes as many positions as it has vectors (with
+    its run's weight), is never split across chunks, and is recorded in the chunk's ``fixes``, as in A1111.
     """
     if chunk_length < 1:
         raise HypernetError(f"chunk_length is {chunk_length}; expected at least 1 token per chunk.")
@@ -352,18 +362,23 @@ def chunk_prompt(
         if run_text == "BREAK" and weight == BREAK_WEIGHT:
             chunker.close_chunk()
         else:
-            for token in tokenize(run_text):
-                chunker.add(token, weight)
+            tokens = list(tokenize(run_text))
+            position = 0
+            while position < len(tokens):
+                found = find_embedding(tokens, position) if find_embedding else None
+                chunker.add(tokens[position], weight, None if found is None else (found[0], found[2]))
+                position += 1 if found is None else found[1]
     chunker.finish()
 
     pad = eos_id if pad_id is None else pad_id
     chunks = []
-    for tokens, multipliers in chunker.chunks:
+    for tokens, multipliers, fixes in chunker.chunks:
         padding = chunk_length - len(tokens)
         chunks.append(
             PromptChunk(
                 tokens=(bos_id, *tokens, eos_id, *([pad] * padding)),
                 multipliers=(1.0, *multipliers, *([1.0] * padding), 1.0),
+                fixes=tuple(fixes),
             )
         )
     return ChunkedPrompt(chunks, chunker.token_count)
@@ -376,19 +391,22 @@ class _Chunker:
         self.chunk_length = chunk_length
         self.comma_id = comma_id
         self.backtrack = backtrack
-        self.chunks: list[tuple[list[int], list[float]]] = []
+        self.chunks: list[tuple[list[int], list[float], list[tuple[int, str]]]] = []
         self.tokens: list[int] = []
         self.multipliers: list[float] = []
+        self.fixes: list[tuple[int, str]] = []
         self.last_comma = -1
         self.token_count = 0
 
     def close_chunk(self, is_last: bool = False) -> None:
         # A1111 counts a full chunk_length for every chunk but the last, even one cut short at a comma or BREAK.
         self.token_count += len(self.tokens) if is_last else self.chunk_length
-        self.chunks.append((self.tokens, self.multipliers))
-        self.tokens, self.multipliers, self.last_comma = [], [], -1
+        self.chunks.append((self.tokens, self.multipliers, self.fixes))
+        self.tokens, self.multipliers, self.fixes, self.last_comma = [], [], [], -1
 
-    def add(self, token: int, weight: float) -> None:
+    def add(self, token: int, weight: float, embedding: tuple[str, int] | None = None) -> None:
+        """Add a token, or the embedding ``(name, vectors)`` whose name starts with it. As coded in A1111, text
+        moved to the next chunk at a comma leaves its embeddings' fixes behind in the closed chunk."""
         if token == self.comma_id:
             self.last_comma = len(self.tokens)
         elif self._comma_near_end():
@@ -399,8 +417,16 @@ class _Chunker:
             self.tokens, self.multipliers = moved
         if len(self.tokens) == self.chunk_length:
             self.close_chunk()
-        self.tokens.append(token)
-        self.multipliers.append(weight)
+        if embedding is None:
+            self.tokens.append(token)
+            self.multipliers.append(weight)
+            return
+        name, vectors = embedding
+        if len(self.tokens) + vectors > self.chunk_length:
+            self.close_chunk()
+        self.fixes.append((len(self.tokens), name))
+        self.tokens += [0] * vectors
+        self.multipliers += [weight] * vectors
 
     def _comma_near_end(self) -> bool:
         return (

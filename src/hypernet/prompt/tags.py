@@ -5,7 +5,8 @@ written for A1111 select the same networks at the same multipliers. Where A1111 
 
 - an unknown name, or a setting naming a missing network, is a :class:`~hypernet.errors.HypernetError`;
 - a weight ``float()`` rejects is a HypernetError naming the tag (A1111 shows an error and drops all tag networks);
-- tags of other types (``<lora:...>``) are still removed from the text, with a warning each;
+- ``<lora:...>`` (and its alias ``<lyco:...>``) select LoRA networks with A1111's te/unet/dyn arguments;
+- tags of other types are still removed from the text, with a warning each;
 - the same network named twice is applied twice, each at its own multiplier.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from hypernet.errors import HypernetError
@@ -23,6 +24,7 @@ EXTRA_NETWORK_TAG = re.compile(r"<(\w+):([^>]+)>")
 """A1111's extra-network tag: group 1 is the type (case-sensitive), group 2 the ``:``-separated arguments."""
 
 HYPERNET_TAG_TYPE = "hypernet"
+LORA_TAG_TYPES = ("lora", "lyco")  # A1111 treats <lyco:...> as <lora:...>
 
 _T = TypeVar("_T")
 
@@ -80,6 +82,16 @@ class HypernetworkSelection:
 
 
 @dataclass(frozen=True)
+class LoraSelection:
+    """One ``<lora:...>`` tag: the name as written and A1111's multipliers for the text encoders and the UNet."""
+
+    name: str
+    te: float = 1.0
+    unet: float = 1.0
+    dyn: int | None = None
+
+
+@dataclass(frozen=True)
 class ParsedBatch:
     """What a batch of prompts asks for.
 
@@ -91,6 +103,7 @@ class ParsedBatch:
     infotext_prompts: list[str]
     hypernetworks: list[HypernetworkSelection]
     warnings: list[str]
+    loras: list[LoraSelection] = field(default_factory=list)
 
 
 def hypernetwork_selections(params: Sequence[ExtraNetworkParams]) -> list[HypernetworkSelection]:
@@ -111,6 +124,31 @@ def hypernetwork_selections(params: Sequence[ExtraNetworkParams]) -> list[Hypern
                 f"expected e.g. <hypernet:{name}:0.8>."
             ) from None
         selections.append(HypernetworkSelection(name, multiplier))
+    return selections
+
+
+def lora_selections(tags: Mapping[str, Sequence[ExtraNetworkParams]]) -> list[LoraSelection]:
+    """The ``<lora:NAME:TE:UNET:DYN>`` tags (``lyco`` too, whichever type comes first first), read like A1111:
+    ``te`` defaults to 1, ``unet`` to ``te`` (after a named ``te=``), ``dyn`` to none; ``te=``/``unet=``/``dyn=``
+    override the positions. A value that is not a number is a HypernetError naming the tag (A1111 shows an error
+    and applies no LoRA at all)."""
+    selections = []
+    for tag_type in [t for t in tags if t in LORA_TAG_TYPES]:
+        for tag in tags[tag_type]:
+            pos, named = tag.positional, tag.named
+            try:
+                te = float(named.get("te", pos[1] if len(pos) > 1 else 1.0))
+                unet = float(named.get("unet", pos[2] if len(pos) > 2 else te))
+                dyn_text = named.get("dyn", pos[3] if len(pos) > 3 else None)
+                dyn = None if dyn_text is None else int(dyn_text)
+            except ValueError:
+                raise HypernetError(
+                    f"{_tag_text(tag_type, tag)} has a value that is not a number; expected e.g. "
+                    f"<lora:{tag.items[0]}:0.8>, <lora:{tag.items[0]}:0.8:0.5> or <lora:{tag.items[0]}:te=0.8:unet=0.5>."
+                ) from None
+            if not pos:
+                raise HypernetError(f"{_tag_text(tag_type, tag)} names no network; expected <lora:NAME:WEIGHT>.")
+            selections.append(LoraSelection(pos[0], te, unet, dyn))
     return selections
 
 
@@ -145,7 +183,7 @@ def parse_batch(
         suffix = f"<{HYPERNET_TAG_TYPE}:{sd_hypernetwork}:{multiplier}>"
         infotext_prompts = [prompt + suffix for prompt in infotext_prompts]
         hypernetworks.append(HypernetworkSelection(sd_hypernetwork, multiplier))
-    return ParsedBatch(cleaned, infotext_prompts, hypernetworks, _tag_warnings(prompts))
+    return ParsedBatch(cleaned, infotext_prompts, hypernetworks, _tag_warnings(prompts), lora_selections(tags))
 
 
 def resolve_hypernetwork(name: str, available: Mapping[str, _T]) -> _T:
@@ -179,7 +217,9 @@ def _tag_text(tag_type: str, params: ExtraNetworkParams) -> str:
 def _tag_warnings(prompts: Sequence[str]) -> list[str]:
     """Say what A1111 ignores without a word: other tag types, and hypernet tags outside the batch's first prompt."""
     warnings: list[str] = []
-    first_hypernets = parse_prompts(prompts)[1].get(HYPERNET_TAG_TYPE, [])
+    first_tags = parse_prompts(prompts)[1]
+    first_hypernets = first_tags.get(HYPERNET_TAG_TYPE, [])
+    first_loras = lora_selections(first_tags)
     for index, prompt in enumerate(prompts):
         tags = parse_prompt(prompt)[1]
         hypernets = tags.get(HYPERNET_TAG_TYPE, [])
@@ -189,14 +229,18 @@ def _tag_warnings(prompts: Sequence[str]) -> list[str]:
                 "only the first prompt of a batch selects hypernetworks."
                 for p in hypernets
             ]
+        if index and any(t in tags for t in LORA_TAG_TYPES) and lora_selections(tags) != first_loras:
+            warnings.append(f"<lora:...> tags in prompt {index + 1} of the batch were removed without effect; "
+                            "only the first prompt of a batch selects LoRA networks.")
         for tag_type, params in tags.items():
-            if tag_type != HYPERNET_TAG_TYPE:
+            if tag_type not in (HYPERNET_TAG_TYPE, *LORA_TAG_TYPES):
                 warnings += [_unsupported_tag_warning(tag_type, p) for p in params]
     return list(dict.fromkeys(warnings))
 
 
 def _unsupported_tag_warning(tag_type: str, params: ExtraNetworkParams) -> str:
     tag = _tag_text(tag_type, params)
-    if difflib.get_close_matches(tag_type.casefold(), [HYPERNET_TAG_TYPE], cutoff=0.8):
-        return f"{tag} was removed: the tag type {tag_type!r} is unknown; did you mean {HYPERNET_TAG_TYPE!r}?"
+    close = difflib.get_close_matches(tag_type.casefold(), [HYPERNET_TAG_TYPE, *LORA_TAG_TYPES], n=1, cutoff=0.8)
+    if close:
+        return f"{tag} was removed: the tag type {tag_type!r} is unknown; did you mean {close[0]!r}?"
     return f"{tag} is not supported yet and was removed."

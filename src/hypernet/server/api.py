@@ -18,7 +18,7 @@ from hypernet.engine.infotext import parse_infotext, read_infotext
 from hypernet.engine.upscalers import list_esrgan
 from hypernet.errors import HypernetError
 from hypernet.sampling import SAMPLERS, SCHEDULES
-from hypernet.server import export, hypernetworks
+from hypernet.server import export, extra_networks, hypernetworks
 from hypernet.server.generation import plan_request, respond, run_plan
 from hypernet.server.jobs import ClientGone, JobCancelled, wait_for_job
 from hypernet.server.models import M
@@ -169,9 +169,7 @@ def build_router(state: ServerState) -> APIRouter:
     def script_info() -> list[Any]:
         return []
 
-    @api.get("/embeddings", response_model=M.EmbeddingsResponse)
-    def embeddings() -> Any:
-        return {"loaded": {}, "skipped": {}}
+    extra_networks.add_routes(api, state)  # /loras, /embeddings and their refresh calls
 
     @api.get("/upscalers")
     def upscalers() -> Any:
@@ -184,9 +182,9 @@ def build_router(state: ServerState) -> APIRouter:
     def latent_upscale_modes() -> Any:
         return [{"name": name} for name in LATENT_MODES]
 
-    for path in ("/loras", "/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models", "/extensions"):
+    for path in ("/face-restorers", "/prompt-styles", "/sd-vae", "/realesrgan-models", "/extensions"):
         api.add_api_route(path, _empty_list, methods=["GET"], name=path.strip("/"))
-    for path in ("/refresh-loras", "/refresh-embeddings", "/refresh-vae"):
+    for path in ("/refresh-vae",):
         api.add_api_route(path, _nothing, methods=["POST"], name=path.strip("/"))
 
     @api.get("/memory", response_model=M.MemoryResponse)

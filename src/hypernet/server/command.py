@@ -12,7 +12,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from hypernet.defaults import embeddings_dir as default_embeddings_dir
 from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
+from hypernet.defaults import lora_dir as default_lora_dir
 from hypernet.errors import HypernetError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -45,6 +47,8 @@ def serve(
     models_dir: Annotated[Path, typer.Option(help="Checkpoints offered by /sd-models and the model setting.")] = Path("models/Stable-diffusion"),
     hypernetwork_dir: Annotated[Path, typer.Option(help="Hypernetworks: <hypernet:NAME> names, create and train.")] = default_hypernetwork_dir(),
     esrgan_dir: Annotated[Path, typer.Option(help="ESRGAN upscaler models (.pth/.safetensors) offered to the hires fix.")] = Path("models/ESRGAN"),
+    lora_dir: Annotated[Path, typer.Option(help="LoRA files: <lora:NAME:WEIGHT> names (A1111: models/Lora).")] = default_lora_dir(),
+    embeddings_dir: Annotated[Path, typer.Option(help="Textual-inversion embeddings, used by file name in prompts.")] = default_embeddings_dir(),
     data_dir: Annotated[Path, typer.Option(help="Training and preprocessing folders named by requests must lie inside this one.")] = Path("training_data"),
     log_dir: Annotated[Path, typer.Option(help="Training logs (A1111's log_directory) must lie inside this one.")] = Path("textual_inversion"),
     outputs_dir: Annotated[Path, typer.Option(help="Where save_images=true writes images.")] = Path("outputs"),
@@ -78,11 +82,14 @@ def serve(
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     hypernetwork_dir.mkdir(parents=True, exist_ok=True)
+    lora_dir.mkdir(parents=True, exist_ok=True)  # A1111 creates models/Lora too
     config = ServerConfig(
         ckpt=ckpt,
         models_dir=models_dir,
         hypernetwork_dir=hypernetwork_dir,
         esrgan_dir=esrgan_dir,
+        lora_dir=lora_dir,
+        embeddings_dir=embeddings_dir,
         data_dir=data_dir,
         log_dir=log_dir,
         outputs_dir=outputs_dir,

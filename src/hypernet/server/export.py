@@ -38,11 +38,6 @@ class BakeRequest(BaseModel):
     output_name: str | None = Field(None, max_length=200, description="File name (no folders) in the models folder.")
 
 
-def lora_dir(state: ServerState) -> Path:
-    """A1111's ``models/Lora``, beside the checkpoint folder."""
-    return Path(state.config.models_dir).parent / "Lora"
-
-
 def target_path(folder: Path, wanted: str | None, fallback: str) -> Path:
     name = check_plain_name(wanted, "output_name") if wanted else fallback
     return folder / (name if name.lower().endswith(".safetensors") else f"{name}.safetensors")
@@ -68,7 +63,7 @@ def add_routes(api: APIRouter, state: ServerState) -> None:
     @api.post("/hypernet/export-lora")
     async def export(request: Request, body: ExportLoraRequest) -> dict[str, Any]:
         entries = await run_in_threadpool(networks, body.hypernetworks, body.multiplier)
-        target = target_path(lora_dir(state), body.output_name, "+".join(net.name for net, _ in entries))
+        target = target_path(Path(state.config.lora_dir), body.output_name, "+".join(net.name for net, _ in entries))
         prompts, fit = fit_options(state, body.prompts)
 
         def run(job: Any) -> Any:

@@ -9,7 +9,7 @@ import gradio as gr
 
 from hypernet.errors import HypernetError
 from hypernet.export import bake, export_lora, resolve_networks
-from hypernet.server.export import fit_options, lora_dir, target_path
+from hypernet.server.export import fit_options, target_path
 from hypernet.server.state import ServerState
 
 
@@ -27,7 +27,7 @@ def export_panel(state: ServerState) -> None:
             entries = resolve_networks([f"{name}:{multiplier:g}"], state.config.hypernetwork_dir, allow_paths=False)
             _, fit = fit_options(state, None)
             if kind == "lora":
-                target = target_path(lora_dir(state), None, name)
+                target = target_path(Path(state.config.lora_dir), None, name)
                 job = state.jobs.submit("export-lora", lambda job: export_lora(
                     state.model.generator, entries, target, rank=int(rank) or None, format=format, fit=fit))  # type: ignore[arg-type]
             else:

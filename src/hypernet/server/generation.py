@@ -93,6 +93,8 @@ class Outcome:
     seeds: list[int] = field(default_factory=list)
     applied: list[Any] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    loras: list[Any] = field(default_factory=list)  # engine.lora.AppliedLora
+    embeddings: list[str] = field(default_factory=list)
     interrupted: bool = False
     skipped: int = 0
     seconds: float = 0.0
@@ -238,8 +240,8 @@ def _generate(state: ServerState, plan: Plan, job: Job) -> Outcome:
     s = plan.settings
     if plan.plot is not None:
         result = run_plot_job(state, plan.plot, s, job)
-        return Outcome(result.images, result.infotexts, result.cell_seeds, [], plan.warnings + result.warnings,
-                       result.interrupted, model=generator.info, plot=result)
+        return Outcome(result.images, result.infotexts, result.cell_seeds, warnings=plan.warnings + result.warnings,
+                       interrupted=result.interrupted, model=generator.info, plot=result)
     per_batch = _steps_run(s)
     job.job_count, job.sampling_steps = s.n_iter, per_batch
     outcome = Outcome(warnings=list(plan.warnings), model=generator.info)
@@ -261,6 +263,7 @@ def _generate(state: ServerState, plan: Plan, job: Job) -> Outcome:
                                                    skipped=skipped))
     outcome.images, outcome.infotexts, outcome.seeds = result.images, result.infotexts, result.seeds
     outcome.applied = result.applied
+    outcome.loras, outcome.embeddings = result.loras, result.embeddings
     outcome.warnings = list(dict.fromkeys(outcome.warnings + result.warnings))
     outcome.interrupted = job.interrupted
     job.job_no = s.n_iter
@@ -304,6 +307,8 @@ def _info(state: ServerState, plan: Plan, outcome: Outcome) -> dict[str, Any]:
     extra: dict[str, Any] = {"Schedule type": s.scheduler}
     if outcome.applied:
         extra["Hypernetworks"] = ", ".join(f"{a.name}:{a.multiplier}" for a in outcome.applied)
+    written = parse_infotext(outcome.infotexts[0]) if outcome.infotexts else {}
+    extra |= {key: written[key] for key in ("Lora hashes", "TI hashes") if key in written}
     return {
         "prompt": prompts[0],
         "all_prompts": prompts,
@@ -339,6 +344,9 @@ def _info(state: ServerState, plan: Plan, outcome: Outcome) -> dict[str, Any]:
         "version": f"hypernet {__version__}",
         # ours: what acted, what was ignored, and whether /interrupt or /skip cut the job short
         "hypernetworks": [{"name": a.name, "multiplier": a.multiplier, "path": a.path} for a in outcome.applied],
+        "loras": [{"name": a.name, "te": a.te, "unet": a.unet, "path": a.path, "hash": a.short_hash}
+                  for a in outcome.loras],
+        "embeddings": outcome.embeddings,
         "warnings": outcome.warnings,
         "interrupted": outcome.interrupted,
         "skipped_batches": outcome.skipped,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hypernet.defaults import A1111_HYPERNETWORK_DIR, TOY_CHECKPOINT, TOY_NOTE
+from hypernet.defaults import A1111_EMBEDDINGS_DIR, A1111_HYPERNETWORK_DIR, A1111_LORA_DIR, TOY_CHECKPOINT, TOY_NOTE
 from hypernet.errors import HypernetError
 from hypernet.server.jobs import JobQueue
 
@@ -113,6 +113,8 @@ class ServerConfig:
     models_dir: Path = Path("models/Stable-diffusion")
     hypernetwork_dir: Path = A1111_HYPERNETWORK_DIR
     esrgan_dir: Path = Path("models/ESRGAN")
+    lora_dir: Path = A1111_LORA_DIR
+    embeddings_dir: Path = A1111_EMBEDDINGS_DIR
     data_dir: Path = Path("training_data")
     log_dir: Path = Path("textual_inversion")
     outputs_dir: Path = Path("outputs")
@@ -128,7 +130,8 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         # absolute, so that answers (A1111 lists full paths) and confinement do not depend on a later chdir
-        for name in ("ckpt", "models_dir", "hypernetwork_dir", "esrgan_dir", "data_dir", "log_dir", "outputs_dir"):
+        for name in ("ckpt", "models_dir", "hypernetwork_dir", "lora_dir", "embeddings_dir", "esrgan_dir", "data_dir",
+                     "log_dir", "outputs_dir"):
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, Path(value).expanduser().absolute())
@@ -142,6 +145,8 @@ class ServerConfig:
             "hypernetwork_dir": str(self.hypernetwork_dir),
             "esrgan_dir": str(self.esrgan_dir),
             "esrgan_models_path": str(self.esrgan_dir),
+            "lora_dir": str(self.lora_dir),
+            "embeddings_dir": str(self.embeddings_dir),
             "data_dir": str(self.data_dir),
             "log_dir": str(self.log_dir),
             "outputs_dir": str(self.outputs_dir),
@@ -345,4 +350,5 @@ def load_model(checkpoint: Checkpoint, config: ServerConfig) -> LoadedModel:
     pipe, info = open_model(checkpoint.path, precision=config.precision, device=config.device,
                             medvram=config.medvram, lowvram=config.lowvram)
     named = Checkpoint(checkpoint.path, checkpoint.name, info.short_hash)
-    return LoadedModel(named, Generator(pipe, info, config.hypernetwork_dir, config.esrgan_dir))
+    return LoadedModel(named, Generator(pipe, info, config.hypernetwork_dir, config.esrgan_dir,
+                                        lora_dirs=[config.lora_dir], embeddings_dir=config.embeddings_dir))

@@ -33,6 +33,7 @@ from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: 
 from hypernet.server.hypernetworks import create_hypernetwork  # noqa: E402
 from hypernet.server.models import M  # noqa: E402
 from hypernet.server.state import ServerState  # noqa: E402
+from hypernet.server.ui_networks import network_tabs  # noqa: E402
 from hypernet.server.ui_grid import XYZControls  # noqa: E402
 
 CSS = """
@@ -243,6 +244,8 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                      elem_id="hn_cards", height="auto", object_fit="contain")
                 table = gr.Markdown(elem_id="hn_table")
                 export_panel(state)
+
+            network_tabs(state, tabs, _placeholder_card)  # Lora and Textual Inversion cards
 
             # ---------------------------------------------------------------- Train
             with gr.Tab("Train", id="train"):
