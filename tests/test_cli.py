@@ -23,10 +23,10 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 def test_create_inspect_convert_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = str(tmp_path / "hn")
-    code, out, _ = run(capsys, "create", "my style!", "--dir", d, "--sizes", "24,10", "--layers", "1, 1.5, 1",
+    code, out, _ = run(capsys, "create", "my style", "--dir", d, "--sizes", "24,10", "--layers", "1, 1.5, 1",
                        "--activation", "swish", "--layer-norm", "--dropout", "0, 0.1, 0", "--seed", "7")
     assert code == 0 and "Created" in out
-    path = tmp_path / "hn" / "my style.pt"  # A1111's name sanitising drops '!'
+    path = tmp_path / "hn" / "my style.pt"
     net = hypernet.load_hypernetwork(path)
     assert net.arch.layer_structure == [1.0, 1.5, 1.0] and net.arch.activation_func == "swish"
     assert net.arch.add_layer_norm and net.arch.dropout_structure == [0.0, 0.1, 0.0]
@@ -50,12 +50,18 @@ def test_create_inspect_convert_list(tmp_path: Path, capsys: pytest.CaptureFixtu
     ("args", "message"),
     [
         (["create", "x", "--layers", "2, 1"], "must start and end with 1"),
-        (["create", "x", "--activation", "bogus"], "unknown activation 'bogus'"),
-        (["create", "x", "--dropout", "0, 1.5, 0"], "between 0 and 1"),
-        (["create", "x", "--sizes", "768,abc"], "comma-separated integers"),
-        (["create", "x", "--sizes", "0"], "positive integers"),
-        (["create", "???"], "no usable characters"),
-        (["inspect", "missing.pt"], "no such hypernetwork file"),
+        (["create", "x", "--activation", "bogus"], "activation_func is 'bogus'; expected one of: linear, relu"),
+        (["create", "x", "--activation", "glu"], "activation_func is 'glu'; expected one of"),
+        (["create", "x", "--dropout", "0, 1.5, 0"], "dropout_structure[1] is 1.5; expected one number per layer"),
+        (["create", "x", "--sizes", "768,abc"], "enable_sizes[1] is 'abc'; expected 1 to 16 widths"),
+        (["create", "x", "--sizes", "0"], "enable_sizes[0] is 0; expected"),
+        (["create", "x", "--sizes", "4096,4095,4094,4093"], "parameters; at most"),
+        (["create", "x", "--layers", "1, 0.001, 1"], "gives a layer of width 0"),
+        (["create", "???"], "is not a plain file name"),
+        (["create", "sub/x"], "is not a plain file name"),
+        (["create", "."], "is not a plain file name"),
+        (["create", "my style!"], "is not a plain file name"),
+        (["inspect", "missing.pt"], "missing.pt: no such file"),
     ],
 )
 def test_errors_are_sentences_not_tracebacks(tmp_path: Path, capsys, monkeypatch, args, message) -> None:

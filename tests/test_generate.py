@@ -132,11 +132,17 @@ def test_prompt_syntax_reaches_the_model(setup) -> None:
     assert not np.array_equal(base, edited) and not np.array_equal(base, emphasised)
 
 
-@pytest.mark.parametrize(("field", "value"), [("width", 60), ("height", 0), ("steps", 0)])
+@pytest.mark.parametrize(("field", "value"), [("width", 4), ("height", 0), ("steps", 0)])
 def test_bad_settings(setup, field, value) -> None:
     _, gen, _ = setup
     with pytest.raises(HypernetError, match=field):
         gen.generate(Settings("x", **{**FAST, field: value}))
+
+
+def test_sizes_not_a_multiple_of_8_are_floored_with_a_warning(setup) -> None:
+    _, gen, _ = setup
+    r = gen.generate(Settings("x", **{**FAST, "width": 60}))  # A1111 accepts it and works at 56
+    assert r.images[0].width == 56 and any("width 60 is not a multiple of 8; using 56" in w for w in r.warnings)
 
 
 def test_img2img(setup) -> None:

@@ -148,6 +148,12 @@ def test_lora_tag_with_a_bad_number_names_the_tag() -> None:
         parse_batch(["<lora:x:strong>"], set())
 
 
+@pytest.mark.parametrize("tag", ["<lora:x:nan>", "<lora:x:1:inf>", "<lora:x:te=-inf>"])
+def test_lora_weights_must_be_finite(tag: str) -> None:
+    with pytest.raises(HypernetError, match=r"has a weight that is not a finite number"):
+        parse_batch([tag], set())
+
+
 def test_lora_tags_only_in_a_later_prompt_warn() -> None:
     batch = parse_batch(["a", "b <lora:x:1>"], set())
     assert batch.loras == [] and "only the first prompt of a batch selects LoRA" in batch.warnings[0]

@@ -7,8 +7,19 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+from typing import Any
+
 from hypernet.errors import HypernetError
-from hypernet.network import Hypernetwork, apply_stack, list_hypernetworks, load_hypernetwork
 
 __all__ = ["Hypernetwork", "HypernetError", "apply_stack", "list_hypernetworks", "load_hypernetwork"]
 __version__ = "0.1.0"
+_NETWORK = frozenset({"Hypernetwork", "apply_stack", "list_hypernetworks", "load_hypernetwork"})
+
+
+def __getattr__(name: str) -> Any:
+    """The network API loads torch; importing it on first use keeps the CLI's refusals under a second."""
+    if name in _NETWORK:
+        import hypernet.network
+
+        return getattr(hypernet.network, name)
+    raise AttributeError(f"module 'hypernet' has no attribute {name!r}")

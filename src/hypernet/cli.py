@@ -3,28 +3,33 @@
 from __future__ import annotations
 
 import json
-import sys
+import os
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from hypernet.defaults import DEFAULT_WIDTHS, TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet import __version__
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
 from hypernet.defaults import embeddings_dir as default_embeddings_dir
 from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.defaults import lora_dir as default_lora_dir
 from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
 from hypernet.export.command import bake, export_lora
+from hypernet.fileio import next_number
 from hypernet.grid.command import grid
 from hypernet.grid.pick import pick
-from hypernet.network import Hypernetwork, describe_file, list_hypernetworks, load_hypernetwork, parse_numbers, sanitize_name
-from hypernet.network.module import WEIGHT_INITS
 from hypernet.prepare.command import preprocess
 from hypernet.server.command import serve
+from hypernet.settings import CreateSettings, GenerateSettings
+from hypernet.settings import cli as settings_cli
+from hypernet.settings.cli import say
+from hypernet.settings.images import open_image
 from hypernet.train.command import train
 
 app = typer.Typer(
@@ -46,53 +51,56 @@ DEFAULT_HN_DIR = default_hypernetwork_dir()
 HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"hypernet {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False) -> None:
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors (also after the command).")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
     """Options shared by every command (``--debug`` is read by ``main``)."""
 
 
-def _widths(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise HypernetError(f"--sizes {text!r} must be comma-separated integers, e.g. 768,320,640,1280") from None
-
-
-@app.command()
-def create(
-    name: str,
-    dir: HnDir = DEFAULT_HN_DIR,
-    sizes: Annotated[str, typer.Option(help="Context widths to give modules to.")] = ",".join(map(str, DEFAULT_WIDTHS)),
-    layers: Annotated[str, typer.Option(help="Layer structure, e.g. \"1, 2, 1\".")] = "1, 2, 1",
-    activation: Annotated[str, typer.Option(help="linear, relu, swish (= Hardswish), or any torch.nn activation name.")] = "linear",
-    init: Annotated[str, typer.Option(help=f"Weight initialization: {', '.join(WEIGHT_INITS)}.")] = "Normal",
-    layer_norm: Annotated[bool, typer.Option("--layer-norm", help="Add LayerNorm after every Linear.")] = False,
-    dropout: Annotated[Optional[str], typer.Option(help="Dropout structure, e.g. \"0, 0.1, 0\".")] = None,
-    activate_output: Annotated[bool, typer.Option("--activate-output", help="Also apply the activation after the last layer.")] = False,
-    format: Annotated[str, typer.Option(help="pt (A1111) or safetensors.")] = "pt",
-    seed: Annotated[Optional[int], typer.Option(help="Seed for reproducible initial weights.")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
-) -> None:
+def _create(settings: CreateSettings, dir: Path = DEFAULT_HN_DIR, format: str = "pt") -> None:
     """Create a new hypernetwork file, like A1111's "Create hypernetwork" form."""
+    from hypernet.network import Hypernetwork  # torch: loaded only by the commands that need it
+
     if format not in ("pt", "safetensors"):
-        raise HypernetError(f"--format {format!r} must be 'pt' or 'safetensors'")
-    clean = sanitize_name(name)
-    path = dir / f"{clean}.{format}"
-    if path.exists() and not overwrite:
-        raise HypernetError(f"{path} already exists; pass --overwrite to replace it")
+        raise HypernetError(f"--format {format!r} must be 'pt' or 'safetensors'.")
+    path = dir / f"{settings.name}.{format}"
+    if path.exists() and not settings.overwrite_old:
+        raise HypernetError(f"{path} already exists; pass --overwrite to replace it.")
     net = Hypernetwork.create(
-        clean,
-        _widths(sizes),
-        layer_structure=parse_numbers(layers, "--layers"),
-        activation_func=activation,
-        weight_init=init,
-        add_layer_norm=layer_norm,
-        dropout_structure=parse_numbers(dropout, "--dropout") if dropout else None,
-        activate_output=activate_output,
-        seed=seed,
+        settings.name,
+        settings.enable_sizes,
+        layer_structure=settings.layer_structure,
+        activation_func=settings.activation_func,
+        weight_init=settings.weight_init,
+        add_layer_norm=settings.add_layer_norm,
+        dropout_structure=settings.dropout,
+        activate_output=settings.activate_output,
+        seed=settings.seed,
     )
     net.save(path)
-    Console().print(f"Created {path} ({net.num_parameters():,} parameters)")
+    say(f"Created {path} ({net.num_parameters():,} parameters)")
+
+
+def _dropout_means_use(values: dict[str, object], extras: dict[str, object]) -> None:
+    if "dropout_structure" in values:
+        values.setdefault("use_dropout", True)  # on the command line, --dropout alone turns dropout on
+
+
+app.command("create")(settings_cli.command(
+    CreateSettings, _create, before=_dropout_means_use,
+    extra=[settings_cli.option("dir", Path, DEFAULT_HN_DIR, "--dir", "--hypernetwork-dir",
+                               help="Hypernetwork folder (A1111: models/hypernetworks)."),
+           settings_cli.option("format", str, "pt", "--format", help="pt (A1111) or safetensors.")],
+))
 
 
 @app.command()
@@ -101,35 +109,66 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show a hypernetwork file's structure, training state and hash."""
+    _existing_file(file, "FILE")
+    from hypernet.network import describe_file
+
     info = describe_file(file)
     if as_json:
         print(json.dumps(info, indent=2))
         return
-    table = Table(show_header=False, title=str(file))
+    table = Table(show_header=False, title=escape(str(file)))
     for key, value in info.items():
-        table.add_row(key, f"{value:,}" if isinstance(value, int) and key == "parameters" else str(value))
+        table.add_row(key, escape(f"{value:,}" if isinstance(value, int) and key == "parameters" else str(value)))
     Console().print(table)
 
 
 @app.command()
-def convert(src: Path, dst: Path) -> None:
+def convert(
+    src: Path,
+    dst: Path,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DST if it exists (as create --overwrite).")] = False,
+) -> None:
     """Convert between .pt (A1111) and .safetensors, losslessly."""
+    _existing_file(src, "SRC")
     if dst.exists() and dst.resolve() == src.resolve():
-        raise HypernetError(f"{dst}: output must differ from the input")
+        raise HypernetError(f"{dst}: the output must differ from the input.")
+    if dst.exists() and not overwrite:
+        raise HypernetError(f"{dst} already exists; pass --overwrite to replace it.")
+    if dst.suffix.lower() not in (".pt", ".safetensors"):
+        raise HypernetError(f"{dst}: the output must end in .pt (A1111) or .safetensors.")
+    from hypernet.network import load_hypernetwork
+
     load_hypernetwork(src).save(dst)
-    Console().print(f"Wrote {dst}")
+    say(f"Wrote {dst}")
+
+
+def _existing_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise HypernetError(f"{what} {path}: no such file.")
+    if not path.is_file():
+        raise HypernetError(f"{what} {path}: is a folder; expected a file.")
+
+
+def _existing_dir(path: Path, flag: str) -> None:
+    if not path.exists():
+        raise HypernetError(f"{flag} {path}: no such folder.")
+    if not path.is_dir():
+        raise HypernetError(f"{flag} {path}: is a file; expected a folder.")
 
 
 @app.command("list")
 def list_(dir: HnDir = DEFAULT_HN_DIR) -> None:
     """List hypernetworks the way A1111 discovers them (recursive; name = file stem)."""
+    _existing_dir(dir, "--dir")
+    from hypernet.network import list_hypernetworks
+
     found = list_hypernetworks(dir)
     if not found:
-        Console().print(f"No hypernetworks in {dir}")
+        say(f"No hypernetworks in {dir}")
         return
     table = Table("name", "file")
     for name, path in found.items():
-        table.add_row(name, str(path))
+        table.add_row(escape(name), escape(str(path)))
     Console().print(table)
 
 
@@ -192,16 +231,22 @@ def generate(
     hr_negative: str = "",
 ) -> None:
     """Generate images; <hypernet:NAME:WEIGHT> in the prompt applies hypernetworks (A1111 syntax)."""
+    _check_generate_options(prompt=prompt, negative_prompt=negative, sampler_name=sampler, scheduler=scheduler,
+                            steps=steps, cfg_scale=cfg, seed=seed, size=size, batch_size=batch_size,
+                            n_iter=batch_count, clip_skip=clip_skip, denoising_strength=denoise, subseed=subseed,
+                            subseed_strength=subseed_strength, seed_resize_from=seed_resize_from, enable_hr=hires,
+                            hr_scale=hr_scale, hr_second_pass_steps=hr_steps, hr_resize=hr_resize)
+    if init_image is not None:
+        open_image(init_image, "--init-image", load=False).close()  # exists, readable, not too large: before loading
     import torch
     from accelerate import PartialState
-    from PIL import Image, UnidentifiedImageError
     from rich.progress import Progress
 
     from hypernet.engine.generate import Generator, Settings
-    from hypernet.engine.loading import open_model
     from hypernet.engine.infotext import save_image
+    from hypernet.engine.loading import open_model
 
-    console = Console()
+    console = Console(highlight=False)
     sampler_params: dict = {}
     if infotext is not None:  # fields the command line did not set come from the infotext
         pasted, ignored = settings_from_infotext(read_parameters(infotext))
@@ -216,7 +261,7 @@ def generate(
          hr_scheduler, hr_prompt, hr_negative) = (chosen[k] for k in PASTED_OPTIONS)
         console.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
     if model is None:
-        console.print(f"[dim]{TOY_NOTE}[/dim]")
+        console.print(TOY_NOTE, style="dim", markup=False)
         model, size = str(TOY_CHECKPOINT), size or f"{TOY_SIZE}x{TOY_SIZE}"
     size = size or "512x512"
     jobs = _prompt_jobs(prompt, prompts)
@@ -231,20 +276,15 @@ def generate(
         seed_resize_from_h=resize_h, ensd=ensd, eta=eta, sampler_params=sampler_params, enable_hr=hires,
         hr_scale=hr_scale, hr_upscaler=hr_upscaler, hr_second_pass_steps=hr_steps, hr_resize_x=hr_x, hr_resize_y=hr_y,
         hr_sampler_name=hr_sampler, hr_scheduler=hr_scheduler, hr_prompt=hr_prompt, hr_negative_prompt=hr_negative)
-    init = None
-    if init_image is not None:
-        try:
-            init = Image.open(init_image)
-        except (OSError, UnidentifiedImageError):
-            raise HypernetError(f"{init_image}: not a readable image") from None
+    init = open_image(init_image, "--init-image") if init_image is not None else None
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several (accelerate launch)
-    with console.status(f"loading {model}"):
+    with console.status(escape(f"loading {model}")):
         pipe, info = open_model(model, vae=vae, precision=precision, device=state.device, medvram=medvram,
                                 lowvram=lowvram, vae_tiling=vae_tiling)
     generator = Generator(pipe, info, hypernetwork_dir, esrgan_dir, lora_dirs=[lora_dir], embeddings_dir=embeddings_dir)
     out.mkdir(parents=True, exist_ok=True)
     per_job = batch_size * batch_count
-    start = _next_image_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)
+    start = next_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)
     state.wait_for_everyone()
     with state.split_between_processes(jobs) as mine, Progress(console=console, transient=True) as bar:
         if state.num_processes > 1:
@@ -258,17 +298,18 @@ def generate(
             result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done))
             for a in result.applied:
                 hits = ", ".join(f"{n} layers at width {w}" for w, n in sorted(a.layers_by_width.items()))
-                console.print(f"applied {a.name} x{a.multiplier}: {hits}")
+                console.print(f"applied {a.name} x{a.multiplier}: {hits}", markup=False)
             for lora in result.loras:
-                console.print(f"applied LoRA {lora.name} te x{lora.te} unet x{lora.unet}: {lora.layers} layers")
+                console.print(f"applied LoRA {lora.name} te x{lora.te} unet x{lora.unet}: {lora.layers} layers",
+                              markup=False)
             if result.embeddings:
-                console.print(f"embeddings used: {', '.join(result.embeddings)}")
+                console.print(f"embeddings used: {', '.join(result.embeddings)}", markup=False)
             for warning in result.warnings:
-                console.print(f"[yellow]warning:[/yellow] {warning}")
+                console.print(f"warning: {warning}", style="yellow", markup=False)
             for i, (image, text_info, seed_used) in enumerate(zip(result.images, result.infotexts, result.seeds)):
                 path = out / f"{start + index * per_job + i:05d}-{seed_used}.png"
                 save_image(image, path, text_info)
-                console.print(f"saved {path}")
+                console.print(f"saved {path}", markup=False)
 
 
 # the generate options an infotext can fill, in the order generate() unpacks them
@@ -298,9 +339,14 @@ def _size_option(option: str, value: str) -> tuple[int, int]:
     return width, height
 
 
-def _next_image_number(folder: Path) -> int:
-    numbers = [int(p.name.split("-", 1)[0]) for p in folder.glob("*.png") if p.name.split("-", 1)[0].isdigit()]
-    return max(numbers, default=-1) + 1
+def _check_generate_options(*, size: str | None, seed_resize_from: str | None, hr_resize: str | None,
+                            prompt: str | None, **values: object) -> None:
+    """The options' limits (GenerateSettings: the same sentences as the API), before torch and the model load."""
+    width, height = _size_option("--size", size) if size else (512, 512)
+    resize_w, resize_h = _size_option("--seed-resize-from", seed_resize_from) if seed_resize_from else (0, 0)
+    hr_x, hr_y = _size_option("--hr-resize", hr_resize) if hr_resize else (0, 0)
+    GenerateSettings(**values, prompt=prompt or "", width=width, height=height, seed_resize_from_w=resize_w,
+                     seed_resize_from_h=resize_h, hr_resize_x=hr_x, hr_resize_y=hr_y)
 
 
 def _prompt_jobs(prompt: str | None, prompts_file: Path | None) -> list[tuple[int, str]]:
@@ -335,15 +381,10 @@ def samplers() -> None:
 @app.command("png-info")
 def png_info(file: Path) -> None:
     """Print the generation parameters stored in an image (ours or A1111's)."""
-    from PIL import Image, UnidentifiedImageError
-
     from hypernet.engine.infotext import parse_infotext, read_infotext
 
-    try:
-        with Image.open(file) as image:
-            text, _ = read_infotext(image)
-    except (OSError, UnidentifiedImageError):
-        raise HypernetError(f"{file}: not a readable image") from None
+    with open_image(file, "FILE") as image:
+        text, _ = read_infotext(image)
     if not text:
         raise HypernetError(f"{file}: the image holds no generation parameters")
     print(text)
@@ -351,22 +392,12 @@ def png_info(file: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors print one line (exit 2); ``--debug`` re-raises them."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args
-    try:
-        app(args=args, prog_name="hypernet", standalone_mode=False)
-    except HypernetError as e:
-        if debug:
-            raise
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {e}", highlight=False)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        Console(stderr=True).print("interrupted")
-        sys.exit(130)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+    """Entry point: usage mistakes and user errors print one line and exit 2; ``--debug`` re-raises user errors."""
+    # Notes every run would print and no user can act on: transformers' "requires torchvision" and "sequence length
+    # is longer than" (prompts are chunked as A1111 does), torchsde's float rounding at interval ends.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", message="Should have t[ab]")
+    settings_cli.run_app(app, argv, "hypernet")
 
 
 if __name__ == "__main__":

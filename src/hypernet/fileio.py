@@ -78,3 +78,21 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 def short_hash(path: str | os.PathLike[str]) -> str:
     """A1111's short hash: the first 10 hex digits of the file's sha256."""
     return sha256_file(path)[:10]
+
+
+def next_number(folder: str | os.PathLike[str], prefixes: tuple[str, ...] = ()) -> int:
+    """The number for the next output in ``folder``: one above the highest ``NNNNN-`` prefix there (0 if none);
+    names may start with one of ``prefixes`` before the number (the X/Y/Z plot's ``xyz_grid-NNNNN.png``).
+
+    A1111 numbers images on from what a folder holds; taking max + 1 rather than counting files means a deleted
+    file in the middle never makes a new image overwrite an old one. The CLI, the grid and the server all use it.
+    """
+    highest = -1
+    root = Path(folder)
+    if root.is_dir():
+        for entry in root.iterdir():
+            name = next((entry.name[len(p):] for p in prefixes if entry.name.startswith(p)), entry.name)
+            prefix = name.split("-", 1)[0].split(".", 1)[0]
+            if prefix.isdigit():
+                highest = max(highest, int(prefix))
+    return highest + 1

@@ -8,6 +8,7 @@ HTTP API, the web UI and training previews.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -34,6 +35,7 @@ from hypernet.sampling.schedules import alphas_cumprod_for
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
 from hypernet.prompt.syntax import prompt_schedules
 from hypernet.prompt.tags import parse_batch
+from hypernet.settings import GenerateSettings
 
 Progress = Callable[[int, int], None]  # (step done, total steps)
 
@@ -92,21 +94,22 @@ class Settings:
     hr_prompt: str = ""
     hr_negative_prompt: str = ""
 
-    def check(self) -> None:
-        for name in ("width", "height"):
-            value = getattr(self, name)
-            if value < 8 or value % 8:
-                raise HypernetError(f"{name} is {value}; expected a positive multiple of 8, e.g. 512.")
-        if self.steps < 1:
-            raise HypernetError(f"steps is {self.steps}; expected at least 1.")
-        if self.batch_size < 1 or self.n_iter < 1:
-            raise HypernetError("batch size and batch count must be at least 1.")
+    def check(self) -> list[str]:
+        """Validate against :class:`~hypernet.settings.GenerateSettings` (the limits every path shares); sizes that
+        are not multiples of 8 are floored, as A1111 does, and the returned warnings say so."""
+        checked = GenerateSettings(**{name: getattr(self, name) for name in _CHECKED})
+        self.width, self.height = checked.width, checked.height
         precision_dtype(self.hypernetwork_precision, "hypernetwork precision")
-        if not 0 < self.denoising_strength <= 1 and (self.init_image is not None or self.enable_hr):
-            raise HypernetError(f"denoising strength is {self.denoising_strength}; expected a value in (0, 1].")
+        if not math.isfinite(self.extra_networks_default_multiplier):
+            raise HypernetError(f"extra_networks_default_multiplier is {self.extra_networks_default_multiplier}; "
+                                "expected a finite number.")
+        if self.enable_hr and not 0 < self.denoising_strength <= 1:
+            raise HypernetError(f"denoising strength is {self.denoising_strength}; expected a value in (0, 1] for "
+                                "the hires pass.")
         if self.enable_hr:  # the upscaler's name is checked by the Generator, which knows its ESRGAN folder
             if self.hr_scale <= 0 and not (self.hr_resize_x or self.hr_resize_y):
                 raise HypernetError(f"hires scale is {self.hr_scale}; expected a positive factor, e.g. 2.")
+        return checked.warnings
 
     def params(self, seed: int, subseed: int, batch_size: int | None = None) -> dict[str, Any]:
         """These settings as A1111 infotext fields, the input of :func:`hypernet.sampling.sample_latent`."""
@@ -124,6 +127,12 @@ class Settings:
         if self.eta is not None:
             values["Eta"] = self.eta
         return values
+
+
+_CHECKED = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "subseed",
+            "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "width", "height", "batch_size", "n_iter",
+            "clip_skip", "denoising_strength", "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x",
+            "hr_resize_y")
 
 
 @dataclass
@@ -257,7 +266,7 @@ class Generator:
         caller watch progress and interrupt or skip.
         """
         hooks = hooks or Hooks(progress=progress)
-        s.check()
+        adjusted = s.check()
         if s.enable_hr:
             self.check_upscaler(s.hr_upscaler)
         base_seed = random.randrange(4294967294) if s.seed == -1 else int(s.seed)
@@ -265,7 +274,7 @@ class Generator:
         plan(s.params(base_seed, base_subseed))  # bad names and values fail before any work
         embeddings = self.embeddings.for_width(sum(self.info.text_widths))
         encoder = PromptEncoder(self.pipe, clip_skip=s.clip_skip, embeddings=embeddings)
-        result = Result([], [], [], warnings=self.embeddings.skipped_warnings([s.prompt, s.negative_prompt]))
+        result = Result([], [], [], warnings=adjusted + self.embeddings.skipped_warnings([s.prompt, s.negative_prompt]))
         total = s.n_iter * s.steps
         try:
             for it in range(s.n_iter):
@@ -322,6 +331,9 @@ class Generator:
 
     def _run(self, encoder: PromptEncoder, prompt: str, s: Settings, params: dict[str, Any], hooks: Hooks,
              done_before: int, total: int) -> list[Image.Image]:
+        if s.init_image is not None and s.denoising_strength == 0:  # A1111: nothing is redrawn, the image stays
+            image = s.init_image.convert("RGB").resize((s.width, s.height), Image.Resampling.LANCZOS)
+            return [image] * plan(params).batch_size
         p = plan(params)
         stopped = lambda: bool((hooks.interrupted and hooks.interrupted()) or (hooks.skipped and hooks.skipped()))  # noqa: E731
 

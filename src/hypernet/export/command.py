@@ -1,22 +1,27 @@
-"""``hypernet export-lora`` and ``hypernet bake``: thin command-line wrappers around :mod:`hypernet.export.api`."""
+"""``hypernet export-lora`` and ``hypernet bake``: thin command-line wrappers around :mod:`hypernet.export.api`.
+
+Heavy imports (torch, diffusers) happen inside the commands, so that every other command (and a usage mistake)
+answers without loading them.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, hypernetwork_dir, lora_dir
-from hypernet.engine.generate import Generator
-from hypernet.engine.loading import open_model
 from hypernet.errors import HypernetError
-from hypernet.export.api import ExportReport, bake as bake_checkpoint, export_lora as export, resolve_networks
-from hypernet.export.fit import DEFAULT_PROMPTS, FitOptions
+
+if TYPE_CHECKING:
+    from hypernet.engine.generate import Generator
+    from hypernet.export.api import ExportReport
+    from hypernet.export.fit import FitOptions
 
 CHECKPOINT_DIR = Path("models/Stable-diffusion")
 _HN_DIR = hypernetwork_dir()
@@ -31,6 +36,8 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the whole report (ev
 
 
 def _prompts(path: Path | None) -> list[str]:
+    from hypernet.export.fit import DEFAULT_PROMPTS
+
     if path is None:
         return list(DEFAULT_PROMPTS)
     try:
@@ -44,15 +51,20 @@ def _prompts(path: Path | None) -> list[str]:
 
 
 def _generator(model: str | None, console: Console) -> tuple[Generator, str]:
+    from hypernet.engine.generate import Generator
+    from hypernet.engine.loading import open_model
+
     if model is None:
-        console.print(f"[dim]{TOY_NOTE}[/dim]")
+        console.print(TOY_NOTE, style="dim", markup=False)
         model = str(TOY_CHECKPOINT)
-    with console.status(f"loading {model}"):
+    with console.status(escape(f"loading {model}")):
         pipe, info = open_model(model)
     return Generator(pipe, info), model
 
 
 def _fit(prompts: list[str], size: int | None, generator: Generator) -> FitOptions:
+    from hypernet.export.fit import FitOptions
+
     side = size or int(generator.pipe.unet.config.sample_size) * int(generator.pipe.vae_scale_factor)
     return FitOptions(prompts=prompts, width=side, height=side)
 
@@ -84,8 +96,8 @@ def show(report: ExportReport, console: Console, as_json: bool) -> None:
                       f"relative (no network at all: {i.effect_relative:.2e}); pixels by {i.pixel_mean_abs:.2f} mean, "
                       f"{i.pixel_max_abs:.0f} max (0-255)")
     for note in report.notes:
-        console.print(f"[dim]{note}[/dim]")
-    console.print(f"wrote {report.path}")
+        console.print(note, style="dim", markup=False)
+    console.print(f"wrote {report.path}", markup=False)
 
 
 def export_lora(
@@ -108,6 +120,10 @@ def export_lora(
     as_json: AsJson = False,
 ) -> None:
     """Export hypernetworks as one LoRA (exact for linear networks; fitted for non-linear ones)."""
+    import torch
+
+    from hypernet.export.api import export_lora as export, resolve_networks
+
     if rank is not None and full:
         raise HypernetError("give either --rank R or --full, not both")
     console = Console(stderr=as_json)
@@ -137,6 +153,8 @@ def bake(
     as_json: AsJson = False,
 ) -> None:
     """Write a checkpoint with hypernetworks folded into its attention weights: use it with no tag, anywhere."""
+    from hypernet.export.api import bake as bake_checkpoint, resolve_networks
+
     console = Console(stderr=as_json)
     entries = resolve_networks(names, dir)
     if not checkpoint.is_file():

@@ -10,10 +10,13 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE, hypernetwork_dir
 from hypernet.errors import HypernetError
+from hypernet.fileio import next_number
+from hypernet.settings import GenerateSettings
 
 if TYPE_CHECKING:
     from hypernet.engine.generate import Generator
@@ -65,11 +68,14 @@ def grid(
     from hypernet.grid.axes import HYPERNETWORK_AXIS, Axis, axis_from_text
     from hypernet.grid.plot import Options, Plot, network_folder, run_plot
 
-    console = Console()
+    console = Console(highlight=False)
     if model is None:
-        console.print(f"[dim]{TOY_NOTE}[/dim]")
+        console.print(TOY_NOTE, style="dim", markup=False)
         model, size = str(TOY_CHECKPOINT), size or f"{TOY_SIZE}x{TOY_SIZE}"
     width, height = parse_size(size or "512x512")
+    # the base settings' limits (the same sentences as generate and the API), before the model loads
+    GenerateSettings(prompt=prompt, negative_prompt=negative, sampler_name=sampler, scheduler=scheduler, steps=steps,
+                     cfg_scale=cfg, seed=seed, width=width, height=height, clip_skip=clip_skip)
     axes = [axis_from_text(text, which) if text else Axis(0, [None]) for text, which in ((x, "X"), (y, "Y"), (z, "Z"))]
     folder = hypernetwork_dir
     for axis in axes:
@@ -84,7 +90,7 @@ def grid(
     base = Settings(prompt, negative, sampler, scheduler, steps, cfg, seed, width, height, clip_skip=clip_skip)
 
     def load(checkpoint: str) -> Generator:
-        with console.status(f"loading {checkpoint}"):
+        with console.status(escape(f"loading {checkpoint}")):
             pipe, info = open_model(checkpoint, precision=precision)
         return Generator(pipe, info, folder or DEFAULT_HN_DIR)
 
@@ -106,9 +112,9 @@ def grid(
         result = run_plot(plot, base, generator, switch_model=switch,
                           hooks=Hooks(progress=lambda done, total: bar.update(task, completed=done, total=total)))
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
+        console.print(f"warning: {warning}", style="yellow", markup=False)
     for path in save_plot(result, out):
-        console.print(f"saved {path}")
+        console.print(f"saved {path}", markup=False)
 
 
 def save_plot(result: PlotResult, out: Path) -> list[Path]:
@@ -117,8 +123,7 @@ def save_plot(result: PlotResult, out: Path) -> list[Path]:
     from hypernet.engine.infotext import save_image
 
     out.mkdir(parents=True, exist_ok=True)
-    numbers = [n for n in (_number(p.name) for p in out.glob("*.png")) if n is not None]
-    start = max(numbers, default=-1) + 1
+    start = next_number(out, prefixes=("xyz_grid-",))
     paths = []
     for image, text, seed in zip(result.cells, result.cell_infotexts, result.cell_seeds):
         paths.append(out / f"{start + len(paths):05d}-{seed}.png")
@@ -128,7 +133,3 @@ def save_plot(result: PlotResult, out: Path) -> list[Path]:
         save_image(image, paths[-1], text or None)
     return paths
 
-
-def _number(name: str) -> int | None:
-    stem = name.removeprefix("xyz_grid-").split("-")[0].split(".")[0]
-    return int(stem) if stem.isdigit() else None

@@ -46,16 +46,27 @@ def load_hypernetwork(path: str | os.PathLike[str]) -> Hypernetwork:
     return hn
 
 
+TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # zip, or pickle protocol 2-5
+
+
 def _torch_load(path: Path) -> Any:
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if not magic.startswith(TORCH_MAGIC):  # a zip archive (torch >= 1.6) or a pickle (older torch.save)
+        raise HypernetError(f"{path}: not a PyTorch file (a .pt file is a zip archive or a pickle; this is neither)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()
-        detail = next((line for line in reason if "global" in line.lower()), reason[0] if reason else "")
+        detail = next((line for line in reason if "global" in line.lower()), None)
+        if detail is None:  # no forbidden object named: the bytes are not a pickle torch wrote
+            raise HypernetError(f"{path}: not a PyTorch file (its data cannot be read as one)") from None
         raise HypernetError(
             f"{path}: refused to load: the file contains Python objects other than tensors and plain data "
             f"({detail.strip()}); hypernet never runs code from model files"
         ) from None
+    except (KeyError, IndexError, TypeError, AttributeError) as e:  # garbage that happens to start like a pickle
+        raise HypernetError(f"{path}: not a PyTorch file ({type(e).__name__} while reading it)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
         raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({_first_line(e)})") from None
 
@@ -159,6 +170,10 @@ def _architecture_from_metadata(md: Mapping[str, Any]) -> Architecture:
     )
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32 else None
+
+
 _LEGACY_KEYS = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias",
                 "linear2.weight": "linear.1.weight", "linear2.bias": "linear.1.bias"}
 
@@ -177,6 +192,8 @@ def _build(path: Path, widths: Mapping[int, tuple[Mapping[str, torch.Tensor], ..
         sd_checkpoint=md.get("sd_checkpoint"),
         sd_checkpoint_name=md.get("sd_checkpoint_name"),
         optional_info=md.get("optional_info"),
+        training_seed=_int_or_none(md.get("hypernet_training_seed")),
+        lineage=str(md["hypernet_lineage"]) if isinstance(md.get("hypernet_lineage"), str) else None,
     )
     for width, pair in widths.items():
         for which, sd, module in zip(("k", "v"), pair, hn.modules_for(width) or ()):

@@ -82,6 +82,8 @@ class Hypernetwork(nn.Module):
         sd_checkpoint: str | None = None,
         sd_checkpoint_name: str | None = None,
         optional_info: str | None = None,
+        training_seed: int | None = None,
+        lineage: str | None = None,
     ) -> None:
         super().__init__()
         self.arch = arch
@@ -90,6 +92,11 @@ class Hypernetwork(nn.Module):
         self.sd_checkpoint = sd_checkpoint
         self.sd_checkpoint_name = sd_checkpoint_name
         self.optional_info = optional_info
+        # hypernet's resume record (A1111 ignores both keys): the seed of the run that trained it, so that a run
+        # continuing from this file draws the same data, noise and timesteps; and the short hash of the file that
+        # run started from, which tells the snapshots of an interrupted run from those of any other run.
+        self.training_seed = training_seed
+        self.lineage = lineage
         self.filename: str | None = None  # where it was loaded from, for messages and hashes
         self.optimizer_name = "AdamW"
         self.optimizer_state_dict: dict[str, Any] | None = None
@@ -202,6 +209,8 @@ class Hypernetwork(nn.Module):
             "dropout_structure": list(a.dropout_structure),
             "last_layer_dropout": a.last_layer_dropout,
             "optional_info": self.optional_info,
+            **({"hypernet_training_seed": self.training_seed} if self.training_seed is not None else {}),
+            **({"hypernet_lineage": self.lineage} if self.lineage is not None else {}),
         }
 
     def module_state_dicts(self) -> dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:

@@ -7,6 +7,7 @@ can be shared with A1111 users. The writer only needs what a network reports abo
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -52,9 +53,11 @@ def save_hypernetwork(hn: Writable, path: str | os.PathLike[str], *, optimizer: 
     elif suffix == ".pt":
         payload: dict[Any, Any] = {w: (OrderedDict(k), OrderedDict(v)) for w, (k, v) in hn.module_state_dicts().items()}
         payload.update(hn.metadata())
-        atomic_write_bytes(path, a1111_pt_bytes(payload, archive_name=path.stem))
-        if optimizer is not None:
-            write_optimizer_sidecar(path, type(optimizer).__name__, optimizer.state_dict())
+        data = a1111_pt_bytes(payload, archive_name=path.stem)
+        if optimizer is not None:  # the sidecar first: a .pt on disk always has its optimizer state beside it
+            write_optimizer_sidecar(path, type(optimizer).__name__, optimizer.state_dict(),
+                                    pt_hash=hashlib.sha256(data).hexdigest()[:10])
+        atomic_write_bytes(path, data)
     else:
         raise HypernetError(f"{path}: unknown hypernetwork file extension; expected one of {', '.join(EXTENSIONS)}")
     return path
@@ -97,9 +100,12 @@ def a1111_pt_bytes(obj: Any, *, archive_name: str = "archive") -> bytes:
     return out.getvalue()
 
 
-def write_optimizer_sidecar(pt_path: Path, optimizer_name: str, state_dict: Mapping[str, Any]) -> Path:
-    """``<file>.pt.optim`` as A1111 writes it, hashed against the ``.pt`` just written so resume finds it."""
+def write_optimizer_sidecar(pt_path: Path, optimizer_name: str, state_dict: Mapping[str, Any], *,
+                            pt_hash: str | None = None) -> Path:
+    """``<file>.pt.optim`` as A1111 writes it, with the short hash of the ``.pt`` (``pt_hash``, or the file's) so
+    resume finds it."""
     sidecar = pt_path.with_name(pt_path.name + ".optim")
-    payload = {"optimizer_name": optimizer_name, "hash": short_hash(pt_path), "optimizer_state_dict": state_dict}
+    digest = pt_hash or short_hash(pt_path)
+    payload = {"optimizer_name": optimizer_name, "hash": digest, "optimizer_state_dict": state_dict}
     atomic_write_bytes(sidecar, a1111_pt_bytes(payload, archive_name=sidecar.stem))
     return sidecar

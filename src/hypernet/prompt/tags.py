@@ -13,6 +13,7 @@ written for A1111 select the same networks at the same multipliers. Where A1111 
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -109,8 +110,9 @@ class ParsedBatch:
 def hypernetwork_selections(params: Sequence[ExtraNetworkParams]) -> list[HypernetworkSelection]:
     """Name and multiplier of each ``hypernet`` tag: ``float()`` of the second argument, 1.0 when there is none.
 
-    Any value ``float()`` accepts passes, as in A1111 (``" 0.7 "``, ``1e-1``, negative, above 1); a value it rejects
-    raises HypernetError naming the tag instead of A1111's dropping every tag-selected network.
+    Any finite value ``float()`` accepts passes, as in A1111 (``" 0.7 "``, ``1e-1``, negative, above 1); a value it
+    rejects raises HypernetError naming the tag instead of A1111's dropping every tag-selected network, and so do
+    ``nan`` and ``inf``, which would turn every image black.
     """
     selections = []
     for tag in params:
@@ -123,6 +125,9 @@ def hypernetwork_selections(params: Sequence[ExtraNetworkParams]) -> list[Hypern
                 f"The weight {weight!r} in {_tag_text(HYPERNET_TAG_TYPE, tag)} is not a number; "
                 f"expected e.g. <hypernet:{name}:0.8>."
             ) from None
+        if not math.isfinite(multiplier):
+            raise HypernetError(f"The weight {weight!r} in {_tag_text(HYPERNET_TAG_TYPE, tag)} is not a finite number; "
+                                f"expected e.g. <hypernet:{name}:0.8>.")
         selections.append(HypernetworkSelection(name, multiplier))
     return selections
 
@@ -148,6 +153,9 @@ def lora_selections(tags: Mapping[str, Sequence[ExtraNetworkParams]]) -> list[Lo
                 ) from None
             if not pos:
                 raise HypernetError(f"{_tag_text(tag_type, tag)} names no network; expected <lora:NAME:WEIGHT>.")
+            if not (math.isfinite(te) and math.isfinite(unet)):  # NaN/inf weights would turn every image black
+                raise HypernetError(f"{_tag_text(tag_type, tag)} has a weight that is not a finite number; expected "
+                                    f"e.g. <lora:{pos[0]}:0.8>.")
             selections.append(LoraSelection(pos[0], te, unet, dyn))
     return selections
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -24,6 +25,9 @@ from hypernet.server.jobs import ClientGone, JobCancelled, wait_for_job
 from hypernet.server.models import M
 from hypernet.server.security import ApiError, decode_image, error_body
 from hypernet.server.state import ServerState
+from hypernet.settings import SettingsError, sentence
+
+REQUEST_MODELS = (M.StableDiffusionTxt2ImgProcessingAPI, M.StableDiffusionImg2ImgProcessingAPI, M.PNGInfoRequest)
 
 log = logging.getLogger("hypernet.server")
 
@@ -34,13 +38,26 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HypernetError)
     async def _user_error(request: Request, exc: HypernetError) -> JSONResponse:
         if isinstance(exc, ApiError):  # A1111 raises HTTPException for these
-            return JSONResponse(error_body("HTTPException", str(exc)), status_code=exc.status)
-        return JSONResponse(error_body(type(exc).__name__, str(exc)), status_code=400)
+            return JSONResponse(error_body("HTTPException", str(exc), status=exc.status), status_code=exc.status)
+        if isinstance(exc, SettingsError):
+            return JSONResponse(error_body("HTTPException", str(exc), status=exc.status), status_code=exc.status)
+        return JSONResponse(error_body(type(exc).__name__, str(exc), status=400), status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """A refused field: the settings model's one sentence, in A1111's error body (never pydantic's list)."""
+        errors = list(exc.errors())
+        name = next((str(p) for p in errors[0].get("loc", ()) if p not in ("body", "query", "path")), "") if errors else ""
+        model = next((m for m in REQUEST_MODELS if name in m.model_fields), None)
+        _, text = sentence(errors, model) if errors else ("", "the request body is not valid JSON.")
+        if errors and errors[0].get("type") in ("json_invalid", "model_attributes_type", "dict_type"):
+            text = "the request body must be a JSON object."
+        return JSONResponse(error_body("HTTPException", text, status=422), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(error_body("HTTPException", str(exc.detail)), status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(error_body("HTTPException", str(exc.detail), status=exc.status_code),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _server_error(request: Request, exc: Exception) -> JSONResponse:
@@ -128,6 +145,17 @@ def build_router(state: ServerState) -> APIRouter:
         state.jobs.skip()
         return None
 
+    @api.post("/unload-checkpoint")
+    async def unload_checkpoint(request: Request) -> dict[str, Any]:
+        """A1111's: free the GPU; the next generation (or reload-checkpoint) brings the model back."""
+        await wait_for_job(request, state.jobs, state.jobs.submit("unload-checkpoint", lambda job: state.unload()))
+        return {}
+
+    @api.post("/reload-checkpoint")
+    async def reload_checkpoint(request: Request) -> dict[str, Any]:
+        await wait_for_job(request, state.jobs, state.jobs.submit("reload-checkpoint", lambda job: state.reload()))
+        return {}
+
     @api.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:
         return state.config.flags()
@@ -196,6 +224,22 @@ def build_router(state: ServerState) -> APIRouter:
         raise StarletteHTTPException(404, "Not Found")
 
     return api
+
+
+def build_internal_router(state: ServerState) -> APIRouter:
+    """A1111's ``/internal`` routes its web UI polls, which clients also use: ping and per-task progress."""
+    internal = APIRouter(prefix="/internal")
+
+    @internal.get("/ping")
+    def ping() -> dict[str, Any]:
+        return {}
+
+    @internal.post("/progress", response_model=M.TaskProgressResponse)
+    def task_progress(body: M.TaskProgressRequest) -> Any:
+        """One task's progress by its ``id_task`` (``force_task_id`` of a generation, ``id_task`` of training)."""
+        return state.jobs.task(body.id_task, want_image=bool(body.live_preview))
+
+    return internal
 
 
 def _empty_list() -> list[Any]:

@@ -8,9 +8,10 @@ import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from hypernet import __version__
-from hypernet.server.api import build_router, install_error_handlers
+from hypernet.server.api import build_internal_router, build_router, install_error_handlers
 from hypernet.server.security import GuardMiddleware
 from hypernet.server.state import ServerState
 
@@ -23,11 +24,12 @@ def create_app(state: ServerState) -> FastAPI:
         yield
         state.close()  # stop the worker: interrupt a running job, cancel queued ones
 
-    app = FastAPI(title="hypernet", version=__version__, lifespan=lifespan,
-                  description="AUTOMATIC1111-compatible API for Stable Diffusion with hypernetworks.")
+    app = FastAPIOffline(title="hypernet", version=__version__, lifespan=lifespan,  # /docs without a CDN
+                         description="AUTOMATIC1111-compatible API for Stable Diffusion with hypernetworks.")
     app.state.hypernet = state
     install_error_handlers(app)
     app.include_router(build_router(state))
+    app.include_router(build_internal_router(state))
     if state.config.ui:
         from hypernet.server.ui import mount_ui
 

@@ -5,7 +5,9 @@ Heavy imports (FastAPI, torch, Gradio) happen inside :func:`serve`, so other CLI
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -36,6 +38,20 @@ def exposure_warning(host: str, auth: bool) -> str | None:
         "generate images, create, overwrite and train hypernetworks, and keep this machine busy. "
         "Pass --api-auth user:password, or drop --listen to serve 127.0.0.1 only."
     )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` once, as uvicorn will, and say so in one sentence if that cannot work."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise HypernetError(f"--port {port}: {host}:{port} is already in use; stop the other server or "
+                                    "choose another port with --port.") from None
+            raise HypernetError(f"--host {host} --port {port}: cannot listen there ({e.strerror}).") from None
 
 
 def serve(
@@ -74,6 +90,7 @@ def serve(
         raise HypernetError(f"--max-request-mb {max_request_mb} must be at least 1.")
     if ckpt is not None and not ckpt.exists():
         raise HypernetError(f"--ckpt {ckpt}: no such checkpoint file or folder.")
+    check_port_free(bind, port)  # before the model loads: a busy port is a sentence, not uvicorn's Errno 98
 
     import uvicorn
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,6 +24,8 @@ from pydantic import BaseModel
 
 from hypernet import __version__
 from hypernet.engine.infotext import image_bytes, parse_infotext, save_image
+from hypernet.errors import HypernetError
+from hypernet.fileio import next_number
 from hypernet.server.jobs import Job
 from hypernet.server.models import with_defaults
 from hypernet.server.security import ApiError, decode_image
@@ -34,6 +37,7 @@ UNSUPPORTED_FLAGS = {
     "restore_faces": "restore_faces is not supported and was ignored",
     "tiling": "tiling is not supported and was ignored",
 }
+FALLBACK_SAMPLER = "DPM++ 2M"  # the first of A1111's sampler list, where it sends unknown names
 # Infotext keys that fill request fields the request itself left unset (A1111's ``infotext`` field).
 INFOTEXT_FIELDS = {
     "Prompt": ("prompt", str),
@@ -83,6 +87,7 @@ class Plan:
     settings: Any  # hypernet.engine.generate.Settings
     overrides: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    subseed: int = -1  # the variation seed actually drawn (A1111 reports it even when its strength is 0)
     plot: Any = None  # hypernet.grid.plot.Plot when script_name is "x/y/z plot"
 
 
@@ -124,7 +129,8 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
     overrides.update(state.validate_options({k: v for k, v in overrides.items() if k != "sd_model_checkpoint"}))
     option = lambda key: overrides.get(key, state.option(key))  # noqa: E731
 
-    warnings = [message for key, message in UNSUPPORTED_FLAGS.items() if values.get(key)]
+    warnings = list(request.warnings)  # adjustments A1111 makes silently (sizes floored to a multiple of 8)
+    warnings += [message for key, message in UNSUPPORTED_FLAGS.items() if values.get(key)]
     if values["styles"]:
         warnings.append(f"prompt styles {values['styles']} are unknown here (no styles are defined) and were ignored")
     init_image = None
@@ -176,7 +182,12 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
     )
     if settings.enable_hr and values["denoising_strength"] is None:
         raise ApiError(422, "denoising_strength: the hires fix (enable_hr) needs it, e.g. 0.7.")
-    settings.check()
+    warnings += [w for w in settings.check() if w not in warnings]
+    try:
+        resolve_sampler(settings.sampler_name, "Automatic")
+    except HypernetError:  # A1111 1.9+ quietly uses its first sampler for a name it does not know; we say so
+        warnings.append(f"sampler {settings.sampler_name!r} is unknown; {FALLBACK_SAMPLER} was used (as A1111 does)")
+        settings.sampler_name = FALLBACK_SAMPLER
     generator = state.model.generator
     resolve_sampler(settings.sampler_name, settings.scheduler)  # names, early
     if settings.enable_hr:
@@ -184,8 +195,10 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
     if settings.enable_hr and (settings.hr_sampler_name or settings.hr_scheduler):
         resolve_sampler(settings.hr_sampler_name or settings.sampler_name, settings.hr_scheduler or "Automatic")
     parse_batch([settings.prompt], generator.available(), sd_hypernetwork=settings.sd_hypernetwork)  # names, early
+    if settings.subseed == -1:  # drawn here, so that info.all_subseeds reports what the sampler used
+        settings.subseed = random.randrange(2**32)
     plot = plan_plot(state, values["script_args"], settings) if values["script_name"] else None
-    return Plan(kind, values, settings, overrides, warnings, plot)
+    return Plan(kind, values, settings, overrides, warnings, subseed=settings.subseed, plot=plot)
 
 
 def _fill_from_infotext(values: dict[str, Any], explicitly_set: set[str]) -> None:
@@ -215,6 +228,7 @@ def _check_limits(state: ServerState, values: dict[str, Any]) -> None:
 def run_plan(state: ServerState, plan: Plan, job: Job) -> Outcome:
     """Generate on the worker thread, batch by batch, honouring skip and interrupt."""
     started = time.perf_counter()
+    state.reload()  # after /unload-checkpoint, the next job brings the model back (as A1111 does)
     restore = None
     if "sd_model_checkpoint" in plan.overrides:
         previous = state.model.checkpoint
@@ -316,8 +330,8 @@ def _info(state: ServerState, plan: Plan, outcome: Outcome) -> dict[str, Any]:
         "all_negative_prompts": [s.negative_prompt] * max(n, 1),
         "seed": first_seed,
         "all_seeds": outcome.seeds,
-        "subseed": values["subseed"],
-        "all_subseeds": [values["subseed"]] * n,
+        "subseed": plan.subseed,
+        "all_subseeds": [(plan.subseed + i) % 2**32 for i in range(n)],  # A1111: one per image, counting up
         "subseed_strength": values["subseed_strength"],
         "width": s.width,
         "height": s.height,
@@ -356,7 +370,7 @@ def _info(state: ServerState, plan: Plan, outcome: Outcome) -> dict[str, Any]:
 def _save(state: ServerState, plan: Plan, outcome: Outcome, fmt: str) -> None:
     folder = Path(state.config.outputs_dir) / f"{plan.kind}-images" / datetime.now().strftime("%Y-%m-%d")
     folder.mkdir(parents=True, exist_ok=True)
-    start = len(list(folder.iterdir()))
+    start = next_number(folder)  # never over an earlier image, even after deletions
     for i, (image, text, seed) in enumerate(zip(outcome.images, outcome.infotexts, outcome.seeds)):
         save_image(image, folder / f"{start + i:05d}-{seed}.{fmt}", text)
 

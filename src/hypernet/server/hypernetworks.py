@@ -15,46 +15,35 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
-from hypernet.defaults import DEFAULT_WIDTHS
 from hypernet.errors import HypernetError
-from hypernet.network import Hypernetwork, parse_numbers, sanitize_name
+from hypernet.network import Hypernetwork
 from hypernet.server.jobs import Job, wait_for_job
 from hypernet.server.security import ApiError, check_plain_name, confine
-from hypernet.server.state import OPTION_DEFAULTS, ServerState, TrainingRecord
+from hypernet.server.state import KEPT_RUNS, OPTION_DEFAULTS, ServerState, TrainingRecord
+from hypernet.settings import CreateSettings, SettingsError
+from hypernet.settings.base import field_names
+from hypernet.settings.train import SERVER_DECIDES, TrainSettings
 
 log = logging.getLogger("hypernet.server")
 
+
 def create_hypernetwork(state: ServerState, body: dict[str, Any]) -> Path:
     """A1111's "Create hypernetwork" with its keyword arguments; returns the written ``.pt`` file."""
-    name = check_plain_name(str(body.get("name") or ""), "name")
-    clean = sanitize_name(name)
-    if not clean.strip("."):
-        raise ApiError(403, f"name {name!r} must be a plain name, not a path.")
-    try:
-        sizes = [int(s) for s in body.get("enable_sizes") or DEFAULT_WIDTHS]
-    except (TypeError, ValueError):
-        raise HypernetError(f"enable_sizes {body.get('enable_sizes')!r} must be integers, e.g. [768, 320, 640, 1280].") from None
-    layers = parse_numbers(body.get("layer_structure") or "1, 2, 1", "layer_structure")
-    dropout_text = body.get("dropout_structure")
-    if body.get("use_dropout") and isinstance(dropout_text, str) and dropout_text.strip():
-        dropout = parse_numbers(dropout_text, "dropout_structure")
-        if len(dropout) < len(layers):
-            raise HypernetError(f"dropout_structure {dropout_text!r} needs one value per layer_structure entry ({len(layers)}).")
-        dropout = dropout[: len(layers)]
-    else:
-        dropout = [0.0] * len(layers)  # A1111: a list, or use_dropout off, means no dropout
-    folder = Path(state.config.hypernetwork_dir)
-    path = folder / f"{clean}.pt"
-    if path.exists() and not body.get("overwrite_old"):
+    check_plain_name(str(body.get("name") or ""), "name")  # paths are a 403 before anything else
+    settings = CreateSettings.parse(body)
+    path = Path(state.config.hypernetwork_dir) / f"{settings.name}.pt"
+    if path.exists() and not settings.overwrite_old:
         raise HypernetError(f"file {path} already exists")
     net = Hypernetwork.create(
-        clean,
-        sizes,
-        layer_structure=layers,
-        activation_func=body.get("activation_func") or "linear",
-        weight_init=body.get("weight_init") or "Normal",
-        add_layer_norm=bool(body.get("add_layer_norm")),
-        dropout_structure=dropout,
+        settings.name,
+        settings.enable_sizes,
+        layer_structure=settings.layer_structure,
+        activation_func=settings.activation_func,
+        weight_init=settings.weight_init,
+        add_layer_norm=settings.add_layer_norm,
+        dropout_structure=settings.dropout,
+        activate_output=settings.activate_output,
+        seed=settings.seed,
     )
     net.save(path)
     return path
@@ -80,17 +69,10 @@ def preprocess_job(state: ServerState, body: dict[str, Any]) -> Callable[[Job], 
     return run
 
 
-# A1111's train_hypernetwork parameters (id_task aside) plus the few of ours a request may set. Paths and devices
-# come from the server's configuration only.
-TRAIN_KEYS = frozenset({
-    "hypernetwork_name", "learn_rate", "batch_size", "gradient_step", "data_root", "log_directory", "training_width",
-    "training_height", "varsize", "steps", "clip_grad_mode", "clip_grad_value", "shuffle_tags", "tag_drop_out",
-    "latent_sampling_method", "use_weight", "create_image_every", "save_hypernetwork_every", "template_filename",
-    "preview_from_txt2img", "preview_prompt", "preview_negative_prompt", "preview_steps", "preview_sampler_name",
-    "preview_cfg_scale", "preview_seed", "preview_width", "preview_height",
-    "seed", "precision", "gradient_checkpointing", "max_bad_steps", "validation_split", "health_probes", "stop_when_overcooked",
-})
-SERVER_ONLY_KEYS = frozenset({"model", "vae", "hypernetwork_dir", "templates_dir", "resume_from", "device"})
+# What a request may set: the fields TrainSettings marks for the API (A1111's train_hypernetwork parameters and a
+# few of ours). Paths and devices come from the server's configuration only; A1111's settings from /options.
+TRAIN_KEYS = frozenset(field_names(TrainSettings, "api"))
+SERVER_ONLY_KEYS = frozenset(k for k in TrainSettings.model_fields if TrainSettings.surface(k).why == SERVER_DECIDES)
 
 
 def train_config(state: ServerState, body: dict[str, Any]) -> Any:
@@ -105,7 +87,7 @@ def train_config(state: ServerState, body: dict[str, Any]) -> Any:
     if "preview_sampler_name" not in values and isinstance(body.get("preview_sampler_index"), str):
         values["preview_sampler_name"] = body["preview_sampler_index"]  # A1111 before 1.7
     check_plain_name(str(values.get("hypernetwork_name") or ""), "hypernetwork_name")
-    template = str(values.get("template_filename") or TrainConfig.template_filename)
+    template = str(values.get("template_filename") or TrainConfig.model_fields["template_filename"].default)
     check_plain_name(template, "template_filename")
     templates = available_templates(None)
     if template not in templates:
@@ -113,8 +95,8 @@ def train_config(state: ServerState, body: dict[str, Any]) -> Any:
     values["data_root"] = str(confine(state.config.data_dir, values.get("data_root"), "data_root"))
     values["log_directory"] = str(confine(state.config.log_dir, values.get("log_directory") or ".", "log_directory"))
     settings = {key: state.option(key) for key in TrainConfig.field_names() if key in OPTION_DEFAULTS}
-    config = TrainConfig(**settings, **values, clip_skip=int(state.option("CLIP_stop_at_last_layers")),
-                         hypernetwork_dir=str(state.config.hypernetwork_dir))
+    config = TrainConfig.parse(settings | values | {"clip_skip": int(state.option("CLIP_stop_at_last_layers")),
+                                                     "hypernetwork_dir": str(state.config.hypernetwork_dir)})
     config.check()
     limits = state.config.limits
     if config.steps > limits.max_train_steps:
@@ -132,6 +114,7 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
     from hypernet.train import train_hypernetwork
 
     def run(job: Job) -> Any:
+        state.reload()
         generator = state.model.generator
         losses: list[tuple[int, float]] = []
         live: dict[str, Any] = {"name": config.name, "phase": "preparing", "step": 0, "final_step": config.steps,
@@ -155,6 +138,7 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
                 job.preview_png = Path(p.last_preview).read_bytes()
 
         record = state.last_training = TrainingRecord(config.name, live, losses)
+        state.remember_training(job.id, record)
         try:
             result = train_hypernetwork(config, pipe=generator.pipe, info=generator.info, progress=progress,
                                         should_stop=lambda: job.interrupted)
@@ -218,8 +202,8 @@ def add_routes(api: APIRouter, state: ServerState) -> None:
         """200 with ``create hypernetwork error: ...`` for invalid values, as A1111; paths outside are a 403."""
         try:
             path = create_hypernetwork(state, body)
-        except ApiError:
-            raise
+        except (ApiError, SettingsError):
+            raise  # refused values: a 4xx with A1111's error body
         except HypernetError as e:
             return {"info": f"create hypernetwork error: {e}"}
         return {"info": f"create hypernetwork filename: {path}"}
@@ -231,13 +215,22 @@ def add_routes(api: APIRouter, state: ServerState) -> None:
             run = preprocess_job(state, body)
             job = state.jobs.submit("preprocess", run)
             report = await wait_for_job(request, state.jobs, job, abandon=False)  # files: finish even if they leave
-        except ApiError:
-            raise
+        except (ApiError, SettingsError):
+            raise  # refused values: a 4xx with A1111's error body, before any work
         except HypernetError as e:
             return {"info": f"preprocess error: {e}"}
         return {"info": "preprocess complete", "images": len(report.images), "captions": len(report.captions),
                 "skipped": [f"{s.path.name}: {s.reason}" for s in report.skipped], "warnings": report.warnings,
                 "interrupted": report.interrupted}
+
+    @api.get("/train/hypernetwork/{id_task}")
+    def training_task(id_task: str) -> dict[str, Any]:
+        """Ours: how one training task stands or ended (``?async=true`` answers name the task id), so that two
+        queued runs never read each other's outcome."""
+        record = state.training_runs.get(id_task)
+        if record is None:
+            raise ApiError(404, f"no training task {id_task!r} (the {KEPT_RUNS} most recent are kept).")
+        return training_summary(record) or dict(record.live)
 
     @api.post("/train/hypernetwork")
     async def train(request: Request, body: dict[str, Any], run_async: bool = Query(False, alias="async")) -> dict[str, Any]:
@@ -245,12 +238,14 @@ def add_routes(api: APIRouter, state: ServerState) -> None:
         ``/progress`` follows the run. Training joins the job queue, so generations wait for it to finish."""
         try:
             config = await run_in_threadpool(train_config, state, body)
-        except ApiError:
-            raise
+        except (ApiError, SettingsError):
+            raise  # refused values: a 4xx with A1111's error body, before any work
         except HypernetError as e:
             return train_info(state, None, error=e)
         job = state.jobs.submit("train-hypernetwork", training_job(state, config), task_id=str(body.get("id_task") or "") or None)
         if run_async:
+            state.remember_training(job.id, TrainingRecord(config.name, {"name": config.name, "phase": "queued",
+                                                                         "step": 0, "final_step": config.steps}))
             return {"info": f"train hypernetwork started: {config.name}", "task_id": job.id}
         try:
             result = await wait_for_job(request, state.jobs, job, abandon=False)  # a client timeout must not stop it

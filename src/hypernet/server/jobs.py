@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -65,6 +65,9 @@ class Job:
         return min(value, 1.0)
 
 
+KEPT_TASKS = 256  # finished task ids /internal/progress still reports as completed
+
+
 class JobQueue:
     """FIFO of jobs run one at a time by a daemon worker thread (started on first use, stopped by ``close``)."""
 
@@ -75,6 +78,7 @@ class JobQueue:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._ids = itertools.count(1)
+        self._finished: OrderedDict[str, Job] = OrderedDict()  # recent task ids, for /internal/progress
         self.completed = 0
         self.cancelled = 0
 
@@ -155,6 +159,28 @@ class JobQueue:
             body["training"] = dict(job.extra["training"])
         return body
 
+    def task(self, task_id: str, *, want_image: bool) -> dict[str, Any]:
+        """A1111's ``/internal/progress`` answer for one task id: active, queued (with its place) or completed."""
+        with self._cond:
+            current = self._current
+            pending = list(self._pending)
+            completed = task_id in self._finished
+        if current is None or current.id != task_id:
+            queued = next((i for i, job in enumerate(pending) if job.id == task_id), None)
+            text = "Waiting..." if queued is None else f"In queue: {queued + 1}/{len(pending)}"
+            return {"active": False, "queued": queued is not None, "completed": completed, "progress": None,
+                    "eta": None, "live_preview": None, "id_live_preview": -1, "textinfo": text}
+        if want_image:
+            current.preview_wanted = True
+        progress = current.progress()
+        elapsed = time.monotonic() - (current.started or time.monotonic())
+        image = current.preview_png if want_image else None
+        return {"active": True, "queued": False, "completed": False, "progress": progress,
+                "eta": elapsed / progress - elapsed if progress > 0 else None,
+                "live_preview": "data:image/png;base64," + base64.b64encode(image).decode() if image else None,
+                "id_live_preview": current.sampling_step + current.job_no * max(current.sampling_steps, 1),
+                "textinfo": current.textinfo}
+
     def close(self, timeout: float = 120.0) -> None:
         """Refuse new jobs, cancel queued ones, interrupt the running one and wait for it (an interrupted
         training run saves its network first)."""
@@ -188,6 +214,9 @@ class JobQueue:
                 with self._cond:  # idle before the answer goes out: a client's next /progress sees it so
                     self._current = None
                     self.completed += 1
+                    self._finished[job.id] = job
+                    while len(self._finished) > KEPT_TASKS:
+                        self._finished.popitem(last=False)
             if outcome is not None:
                 ok, value = outcome
                 if ok:

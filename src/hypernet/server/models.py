@@ -1,8 +1,11 @@
-"""A1111's API request and response models, generated from one table of fields.
+"""A1111's API request and response models.
 
-Each entry of :data:`SCHEMAS` is ``model name -> {field: (type, default)}``. Request models ignore unknown fields
-(A1111 clients send many legacy ones) and accept null for every field, as A1111's do; :func:`with_defaults` turns
-those nulls back into the table's defaults. Field names and defaults follow A1111 v1.10's API.
+The generation settings themselves (their types, limits, help) come from
+:class:`hypernet.settings.GenerateSettings`; the table below adds the A1111 request fields that are not settings
+(scripts, override_settings, images) and the response shapes. Each entry of :data:`SCHEMAS` is
+``model name -> {field: (type, default)}``. Request models ignore unknown fields (A1111 clients send many legacy
+ones) and accept null for every field, as A1111's do (null means the default). Field names and defaults follow
+A1111 v1.10's API.
 """
 
 from __future__ import annotations
@@ -10,35 +13,31 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, create_model, model_validator
+from pydantic.fields import FieldInfo
+
+from hypernet.settings import GenerateSettings, SettingsModel
+from hypernet.settings.base import field_names
+from hypernet.settings.generate import generation_limits
 
 Fields = dict[str, tuple[Any, Any]]
 
-# Every txt2img/img2img field (A1111's processing classes, all optional).
+# A1111's API defaults where they differ from the command line's (A1111's processing classes).
+API_DEFAULTS: dict[str, Any] = {"steps": 50, "sampler_name": None, "scheduler": None}
+# The settings an A1111 request may set (those marked for the API), with A1111's API defaults.
+SETTINGS: Fields = {
+    name: (GenerateSettings.model_fields[name].annotation, API_DEFAULTS.get(name, GenerateSettings.model_fields[name].default))
+    for name in field_names(GenerateSettings, "api")
+}
+# The other txt2img/img2img fields (all optional).
 GENERATION: Fields = {
-    "prompt": (str, ""),
-    "negative_prompt": (str, ""),
     "styles": (list[str], None),
-    "seed": (int, -1),
-    "subseed": (int, -1),
-    "subseed_strength": (float, 0.0),
-    "seed_resize_from_h": (int, -1),
-    "seed_resize_from_w": (int, -1),
-    "sampler_name": (str, None),
     "sampler_index": (str, "Euler"),
-    "scheduler": (str, None),
-    "batch_size": (int, 1),
-    "n_iter": (int, 1),
-    "steps": (int, 50),
-    "cfg_scale": (float, 7.0),
-    "width": (int, 512),
-    "height": (int, 512),
     "restore_faces": (bool, None),
     "tiling": (bool, None),
     "do_not_save_samples": (bool, False),
     "do_not_save_grid": (bool, False),
     "eta": (float, None),
-    "denoising_strength": (float, 0.75),
     "s_min_uncond": (float, None),
     "s_churn": (float, None),
     "s_tmax": (float, None),
@@ -60,14 +59,9 @@ GENERATION: Fields = {
     "infotext": (str, None),
 }
 HIRES: Fields = {
-    "enable_hr": (bool, False),
     "firstphase_width": (int, 0),
     "firstphase_height": (int, 0),
-    "hr_scale": (float, 2.0),
     "hr_upscaler": (str, None),
-    "hr_second_pass_steps": (int, 0),
-    "hr_resize_x": (int, 0),
-    "hr_resize_y": (int, 0),
     "hr_checkpoint_name": (str, None),
     "hr_sampler_name": (str, None),
     "hr_scheduler": (str, None),
@@ -95,9 +89,10 @@ REQUIRED = ...  # pydantic's marker for a field without default
 
 SCHEMAS: dict[str, Fields] = {
     # requests
-    "StableDiffusionTxt2ImgProcessingAPI": GENERATION | HIRES,
-    "StableDiffusionImg2ImgProcessingAPI": GENERATION | IMG2IMG,
+    "StableDiffusionTxt2ImgProcessingAPI": SETTINGS | GENERATION | HIRES,
+    "StableDiffusionImg2ImgProcessingAPI": SETTINGS | GENERATION | IMG2IMG,
     "PNGInfoRequest": {"image": (str, REQUIRED)},
+    "TaskProgressRequest": {"id_task": (str, REQUIRED), "id_live_preview": (int, -1), "live_preview": (bool, True)},
     # responses
     "TextToImageResponse": {"images": (list[str], []), "parameters": (dict[str, Any], {}), "info": (str, "")},
     "ImageToImageResponse": {"images": (list[str], []), "parameters": (dict[str, Any], {}), "info": (str, "")},
@@ -111,6 +106,16 @@ SCHEMAS: dict[str, Fields] = {
         "training": (dict[str, Any], None),  # ours: step, steps, loss of a running training job
     },
     "InfoResponse": {"info": (str, "")},
+    "TaskProgressResponse": {
+        "active": (bool, False),
+        "queued": (bool, False),
+        "completed": (bool, False),
+        "progress": (float, None),
+        "eta": (float, None),
+        "live_preview": (str, None),
+        "id_live_preview": (int, None),
+        "textinfo": (str, None),
+    },
     "HypernetworkItem": {"name": (str, REQUIRED), "path": (str, None)},
     "SDModelItem": {
         "title": (str, REQUIRED),
@@ -134,8 +139,26 @@ SCHEMAS: dict[str, Fields] = {
 }
 
 
-class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+class _Request(SettingsModel):
+    """Finite numbers only (a NaN would reach every later image), unknown fields ignored, null = the default."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or cls._nullable(k)}
+        return data
+
+    @classmethod
+    def _nullable(cls, name: str) -> bool:
+        info = cls.model_fields.get(name)
+        return info is None or info.default is None
+
+
+class _GenerationRequest(_Request):
+    @model_validator(mode="after")
+    def _limits(self) -> Any:
+        return generation_limits(self)
 
 
 class _Response(BaseModel):
@@ -144,14 +167,17 @@ class _Response(BaseModel):
 
 def _build(name: str, fields: Fields) -> type[BaseModel]:
     is_request = not name.endswith(("Response", "Item", "List"))
-    spec = {}
+    spec: dict[str, Any] = {}
     for field_name, (kind, default) in fields.items():
-        if is_request and default is not REQUIRED:
-            kind = Optional[kind]  # A1111 accepts null everywhere; with_defaults() restores the default
-        elif default is None:
+        setting = GenerateSettings.model_fields.get(field_name) if is_request else None
+        if setting is not None:  # the settings model's type, limits and help; A1111's API default
+            spec[field_name] = (setting.annotation, FieldInfo.merge_field_infos(setting, default=default))
+            continue
+        if default is None:
             kind = Optional[kind]
         spec[field_name] = (kind, default)
-    return create_model(name, __base__=_Request if is_request else _Response, **spec)
+    base = (_GenerationRequest if fields.keys() >= SETTINGS.keys() else _Request) if is_request else _Response
+    return create_model(name, __base__=base, **spec)
 
 
 M = SimpleNamespace(**{name: _build(name, fields) for name, fields in SCHEMAS.items()})

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hypernet.errors import HypernetError
+from hypernet.settings.images import open_image
 
 
 class ApiError(HypernetError):
@@ -31,9 +32,11 @@ class ApiError(HypernetError):
         self.status = status
 
 
-def error_body(error: str, detail: str, errors: str = "") -> dict[str, str]:
-    """A1111's error body for every failure."""
-    return {"error": error, "detail": detail, "body": "", "errors": errors or detail}
+def error_body(error: str, detail: str, errors: str = "", status: int | None = None) -> dict[str, str]:
+    """A1111's error body for every failure: ``errors`` is ``str(exception)``, which for an HTTPException reads
+    ``"422: <detail>"``."""
+    return {"error": error, "detail": detail, "body": "",
+            "errors": errors or (f"{status}: {detail}" if status is not None else detail)}
 
 
 def parse_api_auth(text: str | None) -> tuple[tuple[str, str], ...]:
@@ -81,7 +84,7 @@ class GuardMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 1008})
                 return
-            await _send_json(send, 401, error_body("HTTPException", "Incorrect username or password"),
+            await _send_json(send, 401, error_body("HTTPException", "Incorrect username or password", status=401),
                              [(b"www-authenticate", b'Basic realm="hypernet"')])
             return
         if scope["type"] == "websocket":
@@ -133,7 +136,7 @@ class GuardMiddleware:
 
 
 def _too_large(limit: int) -> dict[str, str]:
-    return error_body("HTTPException", f"request body too large: the limit is {limit} bytes")
+    return error_body("HTTPException", f"request body too large: the limit is {limit} bytes", status=413)
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] = ()) -> None:
@@ -184,11 +187,15 @@ def decode_image(data: Any, field: str) -> Image.Image:
     except (binascii.Error, ValueError):
         raise ApiError(422, f"{field}: not valid base64 data.") from None
     try:
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError):
+        Image.open(io.BytesIO(raw)).close()  # reads the header only
+    except Image.DecompressionBombError:
+        pass  # readable, and too large: open_image says so
+    except (UnidentifiedImageError, OSError, ValueError):
         raise ApiError(422, f"{field}: the base64 data is not a readable image (PNG, JPEG, WebP...).") from None
-    return image
+    try:
+        return open_image(raw, field)  # checks the pixel count from the header before decoding
+    except HypernetError as e:
+        raise ApiError(422, str(e)) from None
 
 
 def encode_png_b64(image: Image.Image) -> str:

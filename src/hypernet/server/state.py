@@ -10,75 +10,28 @@ import gc
 import logging
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from hypernet.defaults import A1111_EMBEDDINGS_DIR, A1111_HYPERNETWORK_DIR, A1111_LORA_DIR, TOY_CHECKPOINT, TOY_NOTE
 from hypernet.errors import HypernetError
 from hypernet.server.jobs import JobQueue
+from hypernet.settings import SettingsError
+from hypernet.settings.server import ServerOptions, plain_json
 
 log = logging.getLogger("hypernet.server")
 
 CHECKPOINT_FILE_SUFFIXES = (".safetensors", ".ckpt")
-SAMPLE_FORMATS = ("png", "jpg", "jpeg", "webp")
 
-# A1111's settings that mean something here, with their defaults (the type of each value is the setting's type).
-# GET /options returns all of them; POST /options validates these and stores any other key as given.
-OPTION_DEFAULTS: Mapping[str, Any] = {
-    "sd_model_checkpoint": "",  # filled with the loaded checkpoint's title
-    "sd_checkpoint_hash": None,
-    "sd_hypernetwork": "None",
-    "extra_networks_default_multiplier": 1.0,
-    "CLIP_stop_at_last_layers": 1,
-    "samples_format": "png",
-    "enable_pnginfo": True,
-    "jpeg_quality": 80,
-    "send_seed": True,
-    "send_size": True,
-    "live_previews_enable": True,
-    "show_progress_every_n_steps": 1,
-    "save_optimizer_state": False,
-    "save_training_settings_to_txt": True,
-    "dataset_filename_word_regex": "",
-    "dataset_filename_join_string": " ",
-    "training_image_repeats_per_epoch": 1,
-    "training_write_csv_every": 500,
-    "training_xattention_optimizations": False,
-    "training_enable_tensorboard": False,
-    "training_tensorboard_save_images": False,
-    "training_tensorboard_flush_every": 120,
-    "unload_models_when_training": False,
-    "pin_memory": False,
-    "sd_vae": "Automatic",
-    # sampler settings (A1111's names and defaults); hypernet.sampling reads them as infotext fields
-    "randn_source": "GPU",
-    "eta_noise_seed_delta": 0,
-    "eta_ancestral": 1.0,
-    "eta_ddim": 0.0,
-    "s_churn": 0.0,
-    "s_tmin": 0.0,
-    "s_tmax": 0.0,
-    "s_noise": 1.0,
-    "sigma_min": 0.0,
-    "sigma_max": 0.0,
-    "rho": 0.0,
-    "always_discard_next_to_last_sigma": False,
-    "sgm_noise_multiplier": False,
-    "uni_pc_variant": "bh1",
-    "uni_pc_skip_type": "time_uniform",
-    "uni_pc_order": 3,
-    "uni_pc_lower_order_final": True,
-    "beta_dist_alpha": 0.6,
-    "beta_dist_beta": 0.6,
-    "img2img_fix_steps": False,
-    "initial_noise_multiplier": 1.0,
-    "img2img_extra_noise": 0.0,
-    "api_enable_requests": False,  # we never fetch image URLs (A1111: True); not changeable over the API
-    "api_forbid_local_requests": True,
-}
-READ_ONLY_OPTIONS = frozenset({"sd_checkpoint_hash", "api_enable_requests", "api_forbid_local_requests"})
+# A1111's settings that mean something here, with their defaults: hypernet.settings.ServerOptions defines them.
+# GET /options returns all of them; POST /options validates these and stores any other key as given (plain JSON).
+OPTION_DEFAULTS: Mapping[str, Any] = MappingProxyType(ServerOptions().model_dump())
+KEPT_RUNS = 64
+READ_ONLY_OPTIONS = frozenset(k for k in ServerOptions.model_fields if not ServerOptions.surface(k).api)
 
 
 @dataclass
@@ -207,7 +160,39 @@ class ServerState:
         self._options: dict[str, Any] = dict(OPTION_DEFAULTS) | training_defaults()
         self._options_lock = threading.Lock()
         self.last_training: TrainingRecord | None = None  # the UI shows the finished run's losses
+        self.training_runs: OrderedDict[str, TrainingRecord] = OrderedDict()  # task id -> its run (newest last)
+        self.unloaded = False
         self.checkpoints = self.scan_checkpoints()
+
+    # ------------------------------------------------------------------ unload / reload (A1111's endpoints)
+    @property
+    def device(self) -> str:
+        import torch
+
+        return self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def unload(self) -> None:
+        """A1111's unload-checkpoint: the weights leave the GPU for system memory (call from a job). With
+        --medvram/--lowvram they already live there between uses, so nothing changes."""
+        if self.unloaded or self.config.medvram or self.config.lowvram:
+            return
+        self.model.generator.pipe.to("cpu")
+        gc.collect()
+        _empty_cuda_cache()
+        self.unloaded = True
+
+    def reload(self) -> None:
+        """A1111's reload-checkpoint, also done by the first job after an unload."""
+        if self.unloaded:
+            self.model.generator.pipe.to(self.device)
+            self.unloaded = False
+
+    def remember_training(self, task_id: str, record: TrainingRecord) -> None:
+        """Keep a run's record under its task id, so that queued ``?async=true`` runs never overwrite each other's
+        outcome (the oldest of more than ``KEPT_RUNS`` are forgotten)."""
+        self.training_runs[task_id] = record
+        while len(self.training_runs) > KEPT_RUNS:
+            self.training_runs.popitem(last=False)
 
     @classmethod
     def start(cls, config: ServerConfig) -> ServerState:
@@ -263,26 +248,25 @@ class ServerState:
             return self._options.get(key, OPTION_DEFAULTS.get(key))
 
     def validate_options(self, changes: Mapping[str, Any]) -> dict[str, Any]:
-        """Coerce known settings to their type and check their values; unknown keys pass unchanged."""
-        clean: dict[str, Any] = {}
+        """Check known settings against :class:`~hypernet.settings.server.ServerOptions` (a one-sentence 422
+        otherwise); unknown keys pass unchanged if they are plain, finite JSON. Read-only keys are ignored."""
+        known = {k: ("None" if k == "sd_hypernetwork" and v is None else v) for k, v in changes.items()
+                 if k in ServerOptions.model_fields and k not in READ_ONLY_OPTIONS and k != "sd_model_checkpoint"}
+        checked = ServerOptions.parse(known)
+        clean = {key: getattr(checked, key) for key in known if key in checked.model_fields_set}
         for key, value in changes.items():
-            if key in READ_ONLY_OPTIONS or key == "sd_model_checkpoint":
-                continue  # the checkpoint is switched by the caller, through the job queue
-            default = OPTION_DEFAULTS.get(key)
-            if key in OPTION_DEFAULTS and default is not None:
-                value = _coerce(key, value, type(default))
-            if key == "sd_hypernetwork":
-                value = value or "None"
-                available = self.model.generator.available()
-                if value != "None" and value not in available:
-                    from hypernet.prompt.tags import resolve_hypernetwork
+            if key not in ServerOptions.model_fields:
+                try:
+                    clean[key] = plain_json(value, key)
+                except ValueError as e:
+                    raise SettingsError(str(e), key) from None
+        name = clean.get("sd_hypernetwork")
+        if name is not None and name != "None":
+            available = self.model.generator.available()
+            if name not in available:
+                from hypernet.prompt.tags import resolve_hypernetwork
 
-                    resolve_hypernetwork(value, available)  # raises with a did-you-mean message
-            elif key == "samples_format" and value.lower() not in SAMPLE_FORMATS:
-                raise HypernetError(f"samples_format {value!r} is not supported; expected one of {', '.join(SAMPLE_FORMATS)}.")
-            elif key == "CLIP_stop_at_last_layers" and not 1 <= value <= 12:
-                raise HypernetError(f"CLIP_stop_at_last_layers is {value}; expected 1 to 12.")
-            clean[key] = value
+                resolve_hypernetwork(name, available)  # raises with a did-you-mean message
         return clean
 
     def set_options(self, changes: Mapping[str, Any]) -> None:
@@ -303,29 +287,9 @@ def _empty_cuda_cache() -> None:
 
 def training_defaults() -> dict[str, Any]:
     """The trainer's own defaults for the A1111 settings it reads (it differs from A1111 where resume needs it)."""
-    from dataclasses import fields
+    from hypernet.settings.train import TrainSettings
 
-    from hypernet.train.config import TrainConfig
-
-    return {f.name: f.default for f in fields(TrainConfig) if f.name in OPTION_DEFAULTS}
-
-
-def _coerce(key: str, value: Any, kind: type) -> Any:
-    """JSON gives ints for floats and sometimes strings for numbers; settings keep their declared type."""
-    try:
-        if kind is bool:
-            if isinstance(value, str) and value.lower() in ("true", "false"):
-                return value.lower() == "true"
-            if isinstance(value, (bool, int)):
-                return bool(value)
-            raise ValueError
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        if kind in (int, float) and isinstance(value, bool):
-            raise ValueError
-        return kind(value)
-    except (TypeError, ValueError):
-        raise HypernetError(f"setting {key} = {value!r} is not a valid {kind.__name__}.") from None
+    return {name: f.default for name, f in TrainSettings.model_fields.items() if name in OPTION_DEFAULTS}
 
 
 def scan_checkpoints(config: ServerConfig) -> list[Checkpoint]:

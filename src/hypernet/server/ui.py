@@ -31,10 +31,14 @@ from hypernet.sampling import resolve_sampler  # noqa: E402
 from hypernet.server.export_ui import export_panel  # noqa: E402
 from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: E402
 from hypernet.server.hypernetworks import create_hypernetwork  # noqa: E402
+from hypernet.server.inputs import component, ui_fields  # noqa: E402
 from hypernet.server.models import M  # noqa: E402
 from hypernet.server.state import ServerState  # noqa: E402
 from hypernet.server.ui_networks import network_tabs  # noqa: E402
 from hypernet.server.ui_grid import XYZControls  # noqa: E402
+from hypernet.settings import CreateSettings, PreprocessSettings  # noqa: E402
+from hypernet.settings import GenerateSettings as G  # noqa: E402
+from hypernet.settings.train import TrainSettings  # noqa: E402
 
 CSS = """
 #hn_cards .caption-label { white-space: normal; }
@@ -42,9 +46,6 @@ CSS = """
 """
 SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"  # A1111's hires "same as first pass"
 PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".jpeg", ".webp")
-ACTIVATIONS = ["linear", "relu", "leakyrelu", "elu", "swish", "tanh", "sigmoid", "celu", "gelu", "glu", "hardshrink",
-               "hardsigmoid", "hardtanh", "hardswish", "logsigmoid", "mish", "prelu", "relu6", "rrelu", "selu",
-               "silu", "softplus", "softshrink", "softsign", "tanhshrink"]
 
 
 def mount_ui(app: FastAPI, state: ServerState) -> None:
@@ -162,9 +163,10 @@ def build_ui(state: ServerState) -> gr.Blocks:
                     c: dict[str, Any] = {}
                     with gr.Row():
                         with gr.Column(scale=3):
-                            c["prompt"] = gr.Textbox(label="Prompt", lines=3, elem_id=f"{kind}_prompt",
-                                                     placeholder="a castle <hypernet:name:0.8>")
-                            c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{kind}_negative")
+                            c["prompt"] = component(G, "prompt", lines=3, elem_id=f"{kind}_prompt", info=None,
+                                                    placeholder="a castle <hypernet:name:0.8>")
+                            c["negative_prompt"] = component(G, "negative_prompt", lines=2, info=None,
+                                                             elem_id=f"{kind}_negative")
                         with gr.Column(scale=1, min_width=160):
                             c["go"] = gr.Button("Generate", variant="primary", elem_id=f"{kind}_generate")
                             with gr.Row():
@@ -174,23 +176,26 @@ def build_ui(state: ServerState) -> gr.Blocks:
                         with gr.Column():
                             if kind == "img2img":
                                 c["init_image"] = gr.Image(label="Image", type="pil", elem_id="img2img_image", height=256)
-                                c["denoising_strength"] = gr.Slider(0.01, 1.0, value=0.75, step=0.01, label="Denoising strength",
-                                                                    elem_id="img2img_denoising")
+                                c["denoising_strength"] = component(G, "denoising_strength", elem_id="img2img_denoising")
                             with gr.Row():
-                                c["sampler_name"] = gr.Dropdown(samplers, value="DPM++ 2M", label="Sampling method",
-                                                                elem_id=f"{kind}_sampler")
-                                c["scheduler"] = gr.Dropdown(schedules, value="Automatic", label="Schedule type",
-                                                             elem_id=f"{kind}_scheduler")
-                            c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{kind}_steps")
+                                c["sampler_name"] = gr.Dropdown(samplers, value=G.model_fields["sampler_name"].default,
+                                                                label=G.surface("sampler_name").ui, elem_id=f"{kind}_sampler")
+                                c["scheduler"] = gr.Dropdown(schedules, value=G.model_fields["scheduler"].default,
+                                                             label=G.surface("scheduler").ui, elem_id=f"{kind}_scheduler")
+                            c["steps"] = component(G, "steps", maximum=150, info=None, elem_id=f"{kind}_steps")
                             with gr.Row():
-                                c["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{kind}_width")
-                                c["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{kind}_height")
+                                c["width"] = component(G, "width", minimum=64, maximum=2048, step=8, info=None,
+                                                       elem_id=f"{kind}_width")
+                                c["height"] = component(G, "height", minimum=64, maximum=2048, step=8, info=None,
+                                                        elem_id=f"{kind}_height")
                             with gr.Row():
-                                c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{kind}_batch_size")
-                                c["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{kind}_n_iter")
+                                c["batch_size"] = component(G, "batch_size", maximum=8, info=None,
+                                                            elem_id=f"{kind}_batch_size")
+                                c["n_iter"] = component(G, "n_iter", info=None, elem_id=f"{kind}_n_iter")
                             with gr.Row():
-                                c["cfg_scale"] = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG scale", elem_id=f"{kind}_cfg")
-                                c["seed"] = gr.Number(value=-1, precision=0, label="Seed (-1: random)", elem_id=f"{kind}_seed")
+                                c["cfg_scale"] = component(G, "cfg_scale", minimum=1.0, maximum=30.0, step=0.5, info=None,
+                                                           elem_id=f"{kind}_cfg")
+                                c["seed"] = component(G, "seed", info=None, elem_id=f"{kind}_seed")
                             with gr.Accordion("Variation seed", open=False), gr.Row():
                                 c["subseed"] = gr.Number(value=-1, precision=0, label="Variation seed",
                                                          elem_id=f"{kind}_subseed")
@@ -251,20 +256,24 @@ def build_ui(state: ServerState) -> gr.Blocks:
             with gr.Tab("Train", id="train"):
                 with gr.Tab("Create hypernetwork", id="train_create"):
                     widths = _context_widths(state.model.generator.pipe)
-                    create_name = gr.Textbox(label="Name", elem_id="create_name")
-                    create_sizes = gr.Textbox(value=", ".join(str(w) for w in widths), elem_id="create_sizes",
-                                              label="Modules for these widths (A1111: 768, 320, 640, 1280; SD2: 1024, ...)")
+                    C = CreateSettings
+                    create: dict[str, Any] = {}
+                    create["name"] = component(C, "name", elem_id="create_name")
+                    create["enable_sizes"] = component(C, "enable_sizes", value=", ".join(str(w) for w in widths),
+                                                       elem_id="create_sizes")
                     with gr.Row():
-                        create_layers = gr.Textbox(value="1, 2, 1", label="Layer structure", elem_id="create_layers")
-                        create_activation = gr.Dropdown(ACTIVATIONS, value="linear", label="Activation function",
-                                                        elem_id="create_activation")
-                        create_init = gr.Dropdown(["Normal", "KaimingUniform", "KaimingNormal", "XavierUniform", "XavierNormal"],
-                                                  value="Normal", label="Weight initialization", elem_id="create_init")
+                        create["layer_structure"] = component(C, "layer_structure", elem_id="create_layers")
+                        create["activation_func"] = component(C, "activation_func", elem_id="create_activation")
+                        create["weight_init"] = component(C, "weight_init", elem_id="create_init")
                     with gr.Row():
-                        create_norm = gr.Checkbox(label="Add layer normalization", elem_id="create_norm")
-                        create_use_dropout = gr.Checkbox(label="Use dropout", elem_id="create_use_dropout")
-                        create_dropout = gr.Textbox(value="0, 0, 0", label="Dropout structure", elem_id="create_dropout")
-                        create_overwrite = gr.Checkbox(label="Overwrite old hypernetwork", elem_id="create_overwrite")
+                        create["add_layer_norm"] = component(C, "add_layer_norm", elem_id="create_norm")
+                        create["use_dropout"] = component(C, "use_dropout", elem_id="create_use_dropout")
+                        create["dropout_structure"] = component(C, "dropout_structure", value="0, 0, 0",
+                                                                elem_id="create_dropout")
+                        create["overwrite_old"] = component(C, "overwrite_old", elem_id="create_overwrite")
+                    with gr.Row():
+                        create["activate_output"] = component(C, "activate_output", elem_id="create_activate_output")
+                        create["seed"] = component(C, "seed", value=None, elem_id="create_seed")
                     create_button = gr.Button("Create hypernetwork", variant="primary", elem_id="create_button")
                     create_status = gr.Markdown(elem_id="create_status")
                 train_parts = TrainingTabs(state, tabs["txt2img"])
@@ -330,12 +339,8 @@ def build_ui(state: ServerState) -> gr.Blocks:
         gallery.select(insert_tag, [card_names, insert_into, multiplier, tabs["txt2img"]["prompt"], tabs["img2img"]["prompt"]],
                        [tabs["txt2img"]["prompt"], tabs["img2img"]["prompt"]])
 
-        def on_create(name: str, sizes: str, layers: str, activation: str, init: str, norm: bool, use_dropout: bool,
-                      dropout: str, overwrite: bool) -> tuple[str, Any, list[str], str, Any]:
-            body = {"name": name, "enable_sizes": [s for s in sizes.replace(" ", "").split(",") if s],
-                    "layer_structure": layers, "activation_func": activation, "weight_init": init,
-                    "add_layer_norm": norm, "use_dropout": use_dropout, "dropout_structure": dropout,
-                    "overwrite_old": overwrite}
+        def on_create(*values: Any) -> tuple[str, Any, list[str], str, Any]:
+            body = dict(zip(create, values))  # field name -> value: CreateSettings reads the text lists itself
             try:
                 path = create_hypernetwork(state, body)
             except HypernetError as e:
@@ -343,9 +348,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
             items, names, summary = cards()
             return f"Created {path}", items, names, summary, gr.update(choices=list(state.model.generator.available()))
 
-        create_button.click(on_create, [create_name, create_sizes, create_layers, create_activation, create_init,
-                                        create_norm, create_use_dropout, create_dropout, create_overwrite],
-                            [create_status, gallery, card_names, table, train_parts.hypernetwork])
+        create_button.click(on_create, list(create.values()), [create_status, gallery, card_names, table, train_parts.hypernetwork])
 
         def on_png(path: str | None) -> tuple[str, dict[str, Any]]:
             if not path:
@@ -385,27 +388,29 @@ class TrainingTabs:
     """The Preprocess and Train sub-tabs; ``hypernetwork`` is the dropdown other tabs refresh after a create."""
 
     def __init__(self, state: ServerState, txt2img: dict[str, Any]) -> None:
-        from hypernet.train import TrainConfig
         from hypernet.train.dataset import available_templates
 
-        defaults = TrainConfig()
+        defaults = TrainSettings()
         data_dir, log_dir = state.config.data_dir, state.config.log_dir
         with gr.Tab("Preprocess images", id="train_preprocess"):
             gr.Markdown(f"Folders are relative to the data folder `{data_dir}`.", elem_classes="hn-note")
             with gr.Row():
                 pre_src = gr.Textbox(label="Source directory", elem_id="pre_src")
                 pre_dst = gr.Textbox(label="Destination directory", elem_id="pre_dst")
+            P = PreprocessSettings
+            pre: dict[str, Any] = {}
             with gr.Row():
-                pre_width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="pre_width")
-                pre_height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="pre_height")
-                pre_txt = gr.Dropdown(["ignore", "copy", "prepend", "append"], value="ignore",
-                                      label="Existing caption txt action", elem_id="pre_txt")
+                for name in ("width", "height"):
+                    pre[name] = component(P, name, maximum=2048, step=8, elem_id=f"pre_{name}")
+                pre["existing_caption"] = component(P, "existing_caption", elem_id="pre_txt")
             with gr.Row():
-                pre_flip = gr.Checkbox(label="Create flipped copies", elem_id="pre_flip")
-                pre_split = gr.Checkbox(label="Split oversized images", elem_id="pre_split")
-                pre_focal = gr.Checkbox(label="Auto focal point crop", elem_id="pre_focal")
-                pre_blip = gr.Checkbox(label="Use BLIP for caption", elem_id="pre_blip")
-                pre_tagger = gr.Checkbox(label="Use deepbooru-style tagger for caption", elem_id="pre_tagger")
+                for name, elem_id in (("flip", "pre_flip"), ("split", "pre_split"), ("focal_crop", "pre_focal"),
+                                      ("caption_blip", "pre_blip"), ("caption_tagger", "pre_tagger")):
+                    pre[name] = component(P, name, elem_id=elem_id)
+            with gr.Accordion("More options", open=False):
+                for name in ui_fields(P):
+                    if name not in pre:
+                        pre[name] = component(P, name, elem_id=f"pre_{name}")
             pre_button = gr.Button("Preprocess", variant="primary", elem_id="pre_button")
             pre_status = gr.Markdown(elem_id="pre_status")
 
@@ -417,35 +422,39 @@ class TrainingTabs:
                 self.hypernetwork = gr.Dropdown(list(state.model.generator.available()), label="Hypernetwork",
                                                 elem_id="train_hypernetwork", allow_custom_value=False)
                 train_refresh = gr.Button("Refresh", size="sm", elem_id="train_refresh")
+            T = TrainSettings
+            train: dict[str, Any] = {}
             with gr.Row():
-                learn_rate = gr.Textbox(value=defaults.learn_rate, label="Hypernetwork learning rate", elem_id="train_lr")
-                batch_size = gr.Number(value=1, precision=0, label="Batch size", elem_id="train_batch_size")
-                gradient_step = gr.Number(value=1, precision=0, label="Gradient accumulation steps", elem_id="train_grad_step")
+                train["learn_rate"] = component(T, "learn_rate", elem_id="train_lr")
+                train["batch_size"] = component(T, "batch_size", number=True, elem_id="train_batch_size")
+                train["gradient_step"] = component(T, "gradient_step", number=True, elem_id="train_grad_step")
             with gr.Row():
-                data_root = gr.Textbox(label="Dataset directory", elem_id="train_data")
-                log_directory = gr.Textbox(value=".", label="Log directory", elem_id="train_log")
-                template = gr.Dropdown(sorted(available_templates(None)), value=defaults.template_filename,
-                                       label="Prompt template", elem_id="train_template")
+                train["data_root"] = component(T, "data_root", elem_id="train_data")
+                train["log_directory"] = component(T, "log_directory", value=".", elem_id="train_log")
+                train["template_filename"] = gr.Dropdown(sorted(available_templates(None)),
+                                                         value=defaults.template_filename,
+                                                         label=T.surface("template_filename").ui,
+                                                         elem_id="train_template")
             with gr.Row():
-                width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="train_width")
-                height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="train_height")
-                varsize = gr.Checkbox(label="Do not resize images", elem_id="train_varsize")
+                train["training_width"] = component(T, "training_width", minimum=64, maximum=2048, step=8,
+                                                    elem_id="train_width")
+                train["training_height"] = component(T, "training_height", minimum=64, maximum=2048, step=8,
+                                                     elem_id="train_height")
+                train["varsize"] = component(T, "varsize", elem_id="train_varsize")
             with gr.Row():
-                steps = gr.Number(value=defaults.steps, precision=0, label="Max steps", elem_id="train_steps")
-                save_every = gr.Number(value=defaults.save_hypernetwork_every, precision=0,
-                                       label="Save a copy of the hypernetwork every N steps (0: off)", elem_id="train_save_every")
-                image_every = gr.Number(value=defaults.create_image_every, precision=0,
-                                        label="Save an image every N steps (0: off)", elem_id="train_image_every")
+                train["steps"] = component(T, "steps", number=True, elem_id="train_steps")
+                train["save_hypernetwork_every"] = component(T, "save_hypernetwork_every", number=True,
+                                                             elem_id="train_save_every")
+                train["create_image_every"] = component(T, "create_image_every", number=True,
+                                                        elem_id="train_image_every")
             with gr.Row():
-                clip_mode = gr.Dropdown(["disabled", "value", "norm"], value="disabled", label="Gradient clipping",
-                                        elem_id="train_clip_mode")
-                clip_value = gr.Textbox(value=defaults.clip_grad_value, label="Clipping value", elem_id="train_clip_value")
-                shuffle = gr.Checkbox(label="Shuffle tags by ',' when creating prompts", elem_id="train_shuffle")
-                drop_out = gr.Slider(0, 1, value=0, step=0.1, label="Drop out tags when creating prompts", elem_id="train_dropout")
-                sampling = gr.Radio(["once", "deterministic", "random"], value="once", label="Latent sampling method",
-                                    elem_id="train_sampling")
-            from_txt2img = gr.Checkbox(label="Read parameters (prompt, etc...) from txt2img tab when making previews",
-                                       elem_id="train_from_txt2img")
+                train["clip_grad_mode"] = component(T, "clip_grad_mode", elem_id="train_clip_mode")
+                train["clip_grad_value"] = component(T, "clip_grad_value", elem_id="train_clip_value")
+                train["shuffle_tags"] = component(T, "shuffle_tags", elem_id="train_shuffle")
+                train["tag_drop_out"] = component(T, "tag_drop_out", step=0.1, elem_id="train_dropout")
+                train["latent_sampling_method"] = component(T, "latent_sampling_method", elem_id="train_sampling")
+                train["use_weight"] = component(T, "use_weight", elem_id="train_use_weight")
+            from_txt2img = component(T, "preview_from_txt2img", elem_id="train_from_txt2img")
             with gr.Row():
                 train_button = gr.Button("Train Hypernetwork", variant="primary", elem_id="train_button")
                 interrupt = gr.Button("Interrupt", elem_id="train_interrupt")
@@ -457,13 +466,11 @@ class TrainingTabs:
             seen = gr.State((0, None, ""))  # (losses shown, preview shown, status shown)
             timer = gr.Timer(1.0)
 
-        def on_preprocess(src: str, dst: str, w: float, h: float, txt: str, flip: bool, split: bool, focal: bool,
-                          blip: bool, tagger: bool) -> str:
+        def on_preprocess(src: str, dst: str, *values: Any) -> str:
             from hypernet.server.hypernetworks import preprocess_job
 
-            body = {"process_src": src, "process_dst": dst, "process_width": int(w), "process_height": int(h),
-                    "preprocess_txt_action": txt, "process_flip": flip, "process_split": split,
-                    "process_focal_crop": focal, "process_caption": blip, "process_caption_deepbooru": tagger}
+            body = {"process_src": src, "process_dst": dst}
+            body |= {P.model_fields[name].alias or name: value for name, value in zip(pre, values)}
             try:
                 report = state.jobs.run("preprocess", preprocess_job(state, body))
             except HypernetError as e:
@@ -471,28 +478,18 @@ class TrainingTabs:
             skipped = f"; skipped {len(report.skipped)} file(s)" if report.skipped else ""
             return f"Preprocessing finished: {len(report.images)} image(s), {len(report.captions)} caption(s){skipped}."
 
-        pre_button.click(on_preprocess, [pre_src, pre_dst, pre_width, pre_height, pre_txt, pre_flip, pre_split,
-                                         pre_focal, pre_blip, pre_tagger], pre_status)
+        pre_button.click(on_preprocess, [pre_src, pre_dst, *pre.values()], pre_status)
 
-        def on_train(name: str, lr: str, bs: float, gs: float, data: str, logs: str, tmpl: str, w: float, h: float,
-                     vs: bool, n: float, save: float, image: float, cmode: str, cvalue: str, shuf: bool, drop: float,
-                     method: str, use_txt2img: bool, *txt: Any) -> str:
+        preview_keys = ("preview_prompt", "preview_negative_prompt", "preview_sampler_name", "preview_steps",
+                        "preview_cfg_scale", "preview_seed", "preview_width", "preview_height")
+
+        def on_train(name: str, use_txt2img: bool, *values: Any) -> str:
             from hypernet.server.hypernetworks import train_config, training_job
 
-            body: dict[str, Any] = {
-                "hypernetwork_name": name or "", "learn_rate": lr, "batch_size": int(bs or 1), "gradient_step": int(gs or 1),
-                "data_root": data, "log_directory": logs or ".", "template_filename": tmpl, "training_width": int(w),
-                "training_height": int(h), "varsize": vs, "steps": int(n or 0), "save_hypernetwork_every": int(save or 0),
-                "create_image_every": int(image or 0), "clip_grad_mode": cmode, "clip_grad_value": cvalue,
-                "shuffle_tags": shuf, "tag_drop_out": drop, "latent_sampling_method": method,
-                "preview_from_txt2img": use_txt2img,
-            }
-            if use_txt2img:
-                keys = ("preview_prompt", "preview_negative_prompt", "preview_sampler_name", "preview_steps",
-                        "preview_cfg_scale", "preview_seed", "preview_width", "preview_height")
-                body |= dict(zip(keys, txt))
-                for key in ("preview_steps", "preview_seed", "preview_width", "preview_height"):
-                    body[key] = int(body[key])
+            body: dict[str, Any] = {"hypernetwork_name": name or "", "preview_from_txt2img": use_txt2img}
+            body |= dict(zip(train, values))  # field name -> value; TrainSettings checks and converts them
+            if use_txt2img:  # A1111's "Read parameters from txt2img": the txt2img tab's inputs
+                body |= dict(zip(preview_keys, values[len(train):]))
             try:
                 config = train_config(state, body)
             except HypernetError as e:
@@ -502,9 +499,7 @@ class TrainingTabs:
 
         txt_inputs = [txt2img[k] for k in ("prompt", "negative_prompt", "sampler_name", "steps", "cfg_scale", "seed",
                                            "width", "height")]
-        train_button.click(on_train, [self.hypernetwork, learn_rate, batch_size, gradient_step, data_root, log_directory,
-                                      template, width, height, varsize, steps, save_every, image_every, clip_mode,
-                                      clip_value, shuffle, drop_out, sampling, from_txt2img, *txt_inputs], status)
+        train_button.click(on_train, [self.hypernetwork, from_txt2img, *train.values(), *txt_inputs], status)
         interrupt.click(state.jobs.interrupt, None, None, queue=False)
         train_refresh.click(lambda: gr.update(choices=list(state.model.generator.available())), None, self.hypernetwork)
 

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-
-import click
 import typer
 
-from hypernet.errors import HypernetError
+from hypernet.settings.cli import run_app
 from hypernet.train.command import train
 
 
 def main(argv: list[str] | None = None) -> None:
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command()(train)
-    try:
-        app(args=argv, prog_name="hypernet-train", standalone_mode=False)
-    except HypernetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+    run_app(app, argv, "hypernet-train")
 
 
 if __name__ == "__main__":

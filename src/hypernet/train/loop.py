@@ -8,6 +8,7 @@ reports are plain functions below it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -34,13 +35,14 @@ from hypernet.engine.checkpoints import ModelInfo, load_pipeline
 from hypernet.engine.conditioning import PromptEncoder
 from hypernet.engine.generate import Generator, Result, Settings
 from hypernet.errors import HypernetError
+from hypernet.fileio import short_hash
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
 from hypernet.sampling import resolve_sampler
 from hypernet.train.config import TrainConfig
 from hypernet.train.dataset import Batch, TrainingDataset, build_dataset, derive_seed, pad_and_stack, read_template, resolve_template
 from hypernet.train.health import (HEALTH_CSV, HealthMonitor, SnapshotHealth, Verdict, restore_snapshot,
                                    split_validation, validation_batches, write_health_csv)
-from hypernet.train.outputs import RunOutputs
+from hypernet.train.outputs import RunOutputs, run_folder, snapshot_step, snapshots_of
 from hypernet.train.schedule import LearnRateSchedule
 
 PREVIEW_DEFAULTS = {"sampler_name": "Euler a", "steps": 20, "cfg_scale": 7.0}  # A1111's processing defaults
@@ -241,6 +243,7 @@ class Run:
     health: HealthMonitor | None  # main process, when snapshots are saved
     probes: tuple[Settings, ...]  # the health probes' generations, the same at every snapshot
     warnings: tuple[str, ...]
+    resumed: Path | None = None  # the interrupted run's snapshot this run continues from
 
     @property
     def device(self) -> torch.device:
@@ -288,7 +291,14 @@ def prepare(
     source, final_path = network_paths(c, warnings)
     hn = load_hypernetwork(source)
     hn.check_runnable()
-    if hn.step >= c.steps:
+    lineage = short_hash(source)  # the file this run, and any interrupted attempt at it, started from
+    resumed = interrupted_snapshot(c, hn.step, lineage) if c.resume_from is None else None
+    if resumed is not None:  # kill -9, power loss: carry on from the newest snapshot, not from the older file
+        warnings.append(f"{source} is at step {hn.step}, but an interrupted run of it left snapshots up to "
+                        f"{resumed}; training continues from that snapshot.")
+        hn = load_hypernetwork(resumed)
+        hn.check_runnable()
+    if hn.step >= c.steps and resumed is None:
         raise AlreadyTrained(f"{source} has already been trained for {hn.step} steps, which reaches steps={c.steps}; "
                              "raise steps to train further.")
     start_step = hn.step
@@ -296,11 +306,18 @@ def prepare(
     clip_schedule = (LearnRateSchedule.parse(c.clip_grad_value, c.steps, start_step, field="clip_grad_value")
                      if c.clip_grad_mode != "disabled" else None)
     final_step = lr_schedule.phases[-1].end_step
-    seed = procs.broadcast(c.seed if c.seed is not None else random.randrange(2**31))
+    # A run that continues a trained file reuses its seed (data order, noise, timesteps), so 0->20 then 20->40
+    # equals 0->40; --seed overrides it.
+    stored = hn.training_seed if hn.step > 0 else None
+    seed = procs.broadcast(c.seed if c.seed is not None else stored if stored is not None else random.randrange(2**31))
+    hn.training_seed, hn.lineage = seed, lineage
 
     def say(message: str) -> None:
         if progress is not None and procs.main:
             progress(TrainProgress("preparing", start_step, final_step, start_step, message=message))
+
+    if resumed is not None:
+        say(warnings[-1])
 
     if pipe is None:
         if not c.model:
@@ -359,12 +376,16 @@ def prepare(
     outputs = None
     if procs.main:
         started = datetime.now()
+        root, continues = log_folder(c, started, start_step, lineage, resumed)
         outputs = RunOutputs(
             c.log_directory, c.name, started, snapshots=c.save_hypernetwork_every > 0, images=c.create_image_every > 0,
             csv_every=c.training_write_csv_every, tensorboard=c.training_enable_tensorboard,
             tensorboard_images=c.training_tensorboard_save_images, tensorboard_flush_secs=c.training_tensorboard_flush_every,
+            root=root,
         )
         cleanup.callback(outputs.close)
+        if continues:  # the rows an interrupted attempt wrote after start_step are about to be written again
+            outputs.drop_rows_after(start_step)
         if c.save_training_settings_to_txt:
             a = hn.arch
             outputs.write_settings(c.settings_json({
@@ -373,14 +394,15 @@ def prepare(
                 "layer_structure": a.layer_structure, "activation_func": a.activation_func,
                 "weight_init": a.weight_init, "add_layer_norm": a.add_layer_norm, "use_dropout": a.use_dropout,
                 "initial_step": start_step, "log_directory": str(outputs.root), "template_file": str(template_path),
-                "seed": seed, "device": str(procs.device), "processes": procs.world,
+                "seed": seed, "lineage": lineage, "resumed_from": str(resumed or source),
+                "device": str(procs.device), "processes": procs.world,
                 "autocast": str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32",
                 "effective_batch_size": data.batch_size, "effective_gradient_step": data.gradient_step,
                 "hypernet_version": __version__,
             }))
     return Run(c, procs, hn, final_path, template_path, seed, start_step, final_step, lr_schedule, clip_schedule,
                pipe, info, amp_dtype, noise_scheduler, encode, data, offloaded, optimizer, scaler, previewer, outputs,
-               health, tuple(probes or ()), tuple(warnings))
+               health, tuple(probes or ()), tuple(warnings), resumed)
 
 
 # ================================================================================================ the loop
@@ -623,7 +645,7 @@ def finish(run: Run, history: History, stopped: str, progress: ProgressCallback 
     best = verdict.best if verdict is not None else None
     saved = None
     keep_start = stopped == "overcooked" and best is None  # the first snapshot already over-cooked
-    if run.procs.main and step > run.start_step and not keep_start:
+    if run.procs.main and (step > run.start_step or run.resumed is not None) and not keep_start:
         report(run, history, progress, "saving", step)
         if stopped == "overcooked" and best is not None and best.path:
             saved = str(restore_snapshot(Path(best.path), run.final_path))
@@ -688,6 +710,52 @@ def network_paths(c: TrainConfig, warnings: list[str]) -> tuple[Path, Path]:
         warnings.append(f"{main} is a .safetensors file, which has no optimizer sidecar; for exact resume use the "
                         ".pt snapshots in the log folder.")
     return main, main
+
+
+def interrupted_snapshot(c: TrainConfig, step: int, lineage: str) -> Path | None:
+    """The newest snapshot beyond ``step`` that a run starting from the same file (``lineage``, its short hash) left
+    in the log folder, with its optimizer state when runs keep it: what a run killed before its final save leaves.
+    Snapshots of other runs (another file, an earlier network of that name) never match."""
+    for found, path in snapshots_of(c.log_directory, c.name):
+        if found <= step:
+            return None
+        try:
+            net = load_hypernetwork(path)
+        except (HypernetError, OSError, RuntimeError, ValueError):
+            continue  # unreadable: an older snapshot will do
+        if net.lineage == lineage and net.step == found and (net.optimizer_state_dict is not None
+                                                            or not c.save_optimizer_state):
+            return path
+    return None
+
+
+def log_folder(c: TrainConfig, started: datetime, step: int, lineage: str, resumed: Path | None) -> tuple[Path, bool]:
+    """(the run's log folder, whether it continues an interrupted attempt there). A continuation carries on in the
+    interrupted run's folder; a new run gets A1111's folder, or ``<name>-runN`` beside it when that folder holds
+    snapshots beyond this run's start (another run's, which it must never overwrite)."""
+    if resumed is not None:
+        return resumed.parent.parent, True
+    base = run_folder(c.log_directory, c.name, started)
+    root, n = base, 1
+    while True:
+        if attempted_here(root, lineage):
+            return root, True
+        later = [p for p in (root / "hypernetworks").glob("*.pt") if (snapshot_step(p, c.name) or 0) > step]
+        if not later:
+            return root, False
+        n += 1
+        root = base.with_name(f"{base.name}-run{n}")
+
+
+def attempted_here(root: Path, lineage: str) -> bool:
+    """Whether an earlier attempt at this same run (same starting file) logged to ``root``."""
+    for path in root.glob("settings-*.json"):
+        try:
+            if json.loads(path.read_text(encoding="utf-8")).get("lineage") == lineage:
+                return True
+        except (OSError, ValueError, AttributeError):
+            continue
+    return False
 
 
 def autocast_dtype(precision: str, device: torch.device, weights: torch.dtype) -> torch.dtype | None:

@@ -16,6 +16,7 @@ Every file is written atomically (a temporary file renamed over the target) or, 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import math
@@ -51,10 +52,12 @@ class RunOutputs:
         tensorboard: bool = False,
         tensorboard_images: bool = False,
         tensorboard_flush_secs: int = 120,
+        root: Path | None = None,
     ) -> None:
         self.name = name
         self.started = started
-        self.root = Path(log_directory) / started.strftime("%Y-%m-%d") / name
+        # ``root``: an interrupted run's folder, which its continuation carries on in
+        self.root = root or run_folder(log_directory, name, started)
         self.snapshots = self.root / "hypernetworks"
         self.images = self.root / "images"
         self.csv_every = csv_every
@@ -105,6 +108,23 @@ class RunOutputs:
         finally:
             os.close(fd)
 
+    def drop_rows_after(self, step: int) -> int:
+        """Resuming at ``step`` in this folder: remove the CSV's last rows with a later step (the interrupted run
+        wrote them after the snapshot it resumes from, and they are about to be written again), so every step has
+        one row. Earlier runs' rows above them stay. Returns how many rows were dropped; the file is replaced
+        atomically."""
+        path = self.root / CSV_NAME
+        if not path.is_file():
+            return 0
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        keep = len(lines)
+        while keep > 1 and _row_step(lines[keep - 1]) is not None and _row_step(lines[keep - 1]) > step:  # type: ignore[operator]
+            keep -= 1
+        if keep == len(lines):
+            return 0
+        atomic_write_bytes(path, "".join(lines[:keep]).encode())
+        return len(lines) - keep
+
     def snapshot_path(self, step: int) -> Path:
         return self.snapshots / f"{self.name}-{step}.pt"
 
@@ -150,6 +170,32 @@ class RunOutputs:
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
+
+
+def run_folder(log_directory: str | os.PathLike[str], name: str, started: datetime) -> Path:
+    """``<log_directory>/<YYYY-MM-DD>/<name>``, A1111's folder for a run started then."""
+    return Path(log_directory) / started.strftime("%Y-%m-%d") / name
+
+
+def snapshot_step(path: Path, name: str) -> int | None:
+    """The step in a snapshot's file name ``<name>-<step>.pt``, or None for any other file."""
+    match = re.fullmatch(rf"{re.escape(name)}-(\d+)\.pt", path.name)
+    return int(match.group(1)) if match else None
+
+
+def snapshots_of(log_directory: str | os.PathLike[str], name: str) -> list[tuple[int, Path]]:
+    """Every snapshot of ``name`` under the log folder (all dates), newest step first."""
+    root = Path(log_directory)
+    if not root.is_dir():
+        return []
+    found = [(step, p) for p in root.glob(f"*/{glob.escape(name)}/hypernetworks/*.pt")
+             if (step := snapshot_step(p, name)) is not None]
+    return sorted(found, key=lambda item: (item[0], item[1].stat().st_mtime), reverse=True)
+
+
+def _row_step(line: str) -> int | None:
+    head = line.split(",", 1)[0].strip()
+    return int(head) if head.isdigit() else None
 
 
 def _tensorboard(folder: Path, flush_secs: int) -> Any:
