@@ -159,9 +159,20 @@ def chromaticity_histogram(images: Sequence[Image.Image], bins: int = 24) -> np.
     return histogram / max(histogram.sum(), 1)
 
 
-def palette_overlap(images: Sequence[Image.Image], reference: np.ndarray) -> float:
-    """How much of the images' chromaticity histogram lies on the training images' (``reference``), 0-1."""
-    return float(np.minimum(chromaticity_histogram(images), reference).sum())
+def palette(images: Sequence[Image.Image]) -> np.ndarray:
+    """The chromaticities the training images use (histogram bins with 0.2% of their pixels or more), widened by one
+    bin each way so that a generated colour close to one of them counts."""
+    used = np.pad(chromaticity_histogram(images) > 0.002, 1)
+    widened = np.zeros_like(used)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            widened |= np.roll(np.roll(used, dy, axis=0), dx, axis=1)
+    return widened[1:-1, 1:-1]
+
+
+def palette_share(images: Sequence[Image.Image], support: np.ndarray) -> float:
+    """The share of the images' (lit) pixels whose colour is in the training images' palette, 0-1."""
+    return float(chromaticity_histogram(images)[support].sum())
 
 
 def fidelity(images: Sequence[Image.Image], start: Sequence[Image.Image]) -> float:
@@ -279,22 +290,22 @@ class HealthMonitor:
 
     def __init__(self, validation: Sequence[Batch], reference: Sequence[Image.Image]) -> None:
         self.validation = list(validation)
-        self.reference = chromaticity_histogram(reference) if reference else None
+        self.palette = palette(reference) if reference else None
         self.history: list[SnapshotHealth] = []
         self.start_images: list[Image.Image] = []
-        self.start_overlap: float | None = None
+        self.start_share: float | None = None
 
     def measure(self, step: int, path: str | None, train_loss: float | None, images: Sequence[Image.Image],
                 loss: Callable[[Batch], torch.Tensor], device: torch.device) -> Verdict:
         """Add the network's figures now (``images``: its probes) to the history; the new verdict."""
         value = validation_loss(self.validation, loss, device) if self.validation else None
         stats = ImageStats.mean(images) if images else None
-        overlap = palette_overlap(images, self.reference) if images and self.reference is not None else None
+        share = palette_share(images, self.palette) if images and self.palette is not None else None
         if not self.history:
-            self.start_images, self.start_overlap = list(images), overlap
+            self.start_images, self.start_share = list(images), share
         style = content = None
-        if overlap is not None and self.start_overlap is not None:  # the share of the way to the training palette
-            style = (overlap - self.start_overlap) / max(1 - self.start_overlap, 1e-6)
+        if share is not None and self.start_share is not None:  # how far of the way to the training palette
+            style = (share - self.start_share) / max(1 - self.start_share, 1e-6)
         if images and self.start_images:
             content = fidelity(images, self.start_images)
         start = self.history[0].stats if self.history else None
