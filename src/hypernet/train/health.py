@@ -8,9 +8,10 @@ occurs". hypernet measures it at every snapshot, with signals that do not depend
   numbers differ only because the network differs. It is reported, not used to choose: a style network's
   validation loss is nearly flat while the style grows and fails;
 - **probe images**: a few images generated from training captions at fixed seeds, at the start (the network as
-  training found it) and at every snapshot. Against the start they give the *style effect* (how far the probes'
-  palette has moved towards the training images'), *content fidelity* (how much of the start's luminance structure,
-  the shapes, is still there) and the distortion statistics (saturation, high-frequency energy, clipped colours).
+  training found it) and at every snapshot. Against the start they give the *style effect* (how much more of the
+  probes' pixels have the training images' colours, brightness aside), *content fidelity* (how much of the start's
+  luminance structure, the shapes, is still there) and the distortion statistics (saturation, high-frequency
+  energy, clipped colours).
 
 The recommendation is the snapshot with the strongest style effect among those before the first snapshot whose
 probes trip an over-cooking signal (content lost or distorted); training is flagged as over-cooked when a
@@ -213,7 +214,7 @@ class SnapshotHealth:
     train_loss: float | None  # mean loss of the steps since the previous measurement
     validation_loss: float | None
     stats: ImageStats | None
-    style: float | None = None  # style effect: how far the probes moved towards the training images' colours, 0-1
+    style: float | None = None  # style effect: the share of the way to the training images' palette, 0-1
     fidelity: float | None = None  # content fidelity against the start, 1: the same shapes
     distorted: list[str] = field(default_factory=list)
 

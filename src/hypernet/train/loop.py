@@ -464,7 +464,7 @@ def train_loop(run: Run, history: History, should_stop: Callable[[], bool], prog
             report(run, history, progress, "preview", step, loss=loss)
             history.last_preview = str(preview(run, history, step))
         report(run, history, progress, "training", step, loss=loss, grad_norm=grad_norm)
-    return "finished"
+    return "overcooked" if run.procs.any(history.overcooked) else "finished"
 
 
 # ============================================================================================ its pieces
