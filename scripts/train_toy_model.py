@@ -6,9 +6,11 @@
 Phase 1 trains the VAE as an autoencoder. Like SD's, it is a general codec rather than part of what the prompt
 controls: a third of its images are recoloured by a filter (sepia, or the named colours in swapped roles), so it
 can draw the demo's sepia style, which the UNet and the text encoder never see. Its latent scale is then folded into its weights so SD 1.x's fixed
-scaling factor (0.18215) is right for it. Phase 2 trains the UNet and the text encoder together on cached latents,
-dropping 10% of captions so classifier-free guidance works. The result is written as an A1111-style single-file
-checkpoint (fp16, unused token embeddings zeroed), so `load_pipeline` loads it like any user's checkpoint.
+scaling factor (0.18215) is right for it, and its posterior is made as narrow as SD's (the log-variance head
+predicts a fixed, tiny variance), so img2img and A1111's "once" latent sampling see the image, not noise. Phase 2
+trains the UNet and the text encoder together on cached latents, dropping 10% of captions so classifier-free
+guidance works. The result is written as an A1111-style single-file checkpoint (fp16, unused token embeddings
+zeroed, the settings it suits in its metadata), so `load_pipeline` loads it like any user's checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from PIL import Image
 from hypernet.fileio import atomic_write_bytes
 from hypernet.testing import ldm_state_dict
 from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
-from hypernet.toy.model import toy_pipeline
+from hypernet.engine.model_defaults import METADATA_KEY
+from hypernet.toy.model import RECORDED_DEFAULTS, toy_pipeline
 from hypernet.toy.world import BACKGROUNDS, COLOURS, render, sepia, split_scenes
 
 
@@ -119,6 +122,20 @@ def fold_latent_scale(vae, scaling_factor: float, rng: random.Random) -> None:  
     vae.post_quant_conv.weight[:, :c] /= k
 
 
+POSTERIOR_STD = 1e-3  # the posterior's std in the UNet's (unit-variance) latent units; SD's VAE is nearly deterministic
+
+
+@torch.no_grad()
+def narrow_posterior(vae) -> None:  # noqa: ANN001
+    """Make the posterior SD-like: the VAE is trained as a deterministic autoencoder, so its log-variance head is
+    untrained (std ~18 against a latent std of ~5.4), and any sampler of ``latent_dist`` (img2img, training with
+    "once") would decode noise. A constant log-variance (weights zero, bias fixed) gives every latent the same tiny
+    std, like SD's VAE, whose predicted log-variances are all very small."""
+    c = vae.config.latent_channels
+    vae.quant_conv.weight[c:] = 0
+    vae.quant_conv.bias[c:] = 2 * math.log(POSTERIOR_STD / vae.config.scaling_factor)
+
+
 def train_unet(pipe, steps: int, batch: int, lr: float, copies: int, rng: random.Random, log, checkpoint) -> None:  # noqa: ANN001
     train, _ = split_scenes()
     items = [(s, render(s, rng)) for s in train for _ in range(copies)]
@@ -180,7 +197,8 @@ def save(pipe, path: Path) -> None:  # noqa: ANN001
         keep[list(used)] = True
         emb[~keep] = 0
     state = {k: v.half().contiguous() for k, v in ldm_state_dict(pipe, "sd1").items()}
-    atomic_write_bytes(path, safetensors.torch.save(state, metadata={"trained_by": "scripts/train_toy_model.py"}))
+    atomic_write_bytes(path, safetensors.torch.save(state, metadata={
+        "trained_by": "scripts/train_toy_model.py", METADATA_KEY: json.dumps(RECORDED_DEFAULTS)}))
     pipe.unet.train(training)
     pipe.text_encoder.train(training)
 
@@ -223,6 +241,7 @@ def main() -> None:
         fold_latent_scale(pipe.vae, pipe.vae.config.scaling_factor, rng)
         if args.vae_out:
             torch.save(pipe.vae.state_dict(), args.vae_out)
+    narrow_posterior(pipe.vae)  # also fixes a checkpoint from before it (--init-from FILE --vae-steps 0 --unet-steps 0)
     if args.unet_steps:  # 0: stop after the VAE (with --vae-out)
         train_unet(pipe, args.unet_steps, args.unet_batch, args.unet_lr, args.copies, rng, log, lambda: save(pipe, args.out))
     save(pipe, args.out)

@@ -52,7 +52,7 @@ def toy_run(toy, tmp_path_factory) -> Path:
     (``hypernetworks/style-1.pt`` ... ``style-3.pt``)."""
     from hypernet.engine.attention import attention_widths
     from hypernet.network import Hypernetwork
-    from hypernet.toy.style import TEMPLATES, write_style_dataset
+    from hypernet.toy.style import write_style_dataset
     from hypernet.train import TrainConfig, train_hypernetwork
 
     pipe, info = toy
@@ -64,7 +64,7 @@ def toy_run(toy, tmp_path_factory) -> Path:
         hypernetwork_name="style", learn_rate="2e-2", batch_size=2, data_root=str(write_style_dataset(root / "data", 4)),
         log_directory=str(root / "logs"), training_width=64, training_height=64, steps=3,
         latent_sampling_method="deterministic", create_image_every=0, save_hypernetwork_every=1,
-        template_filename="toy_filewords.txt", templates_dir=str(TEMPLATES),
+        template_filename="filewords.txt",
         hypernetwork_dir=str(root / "hypernetworks"), seed=0, device="cpu")
     return Path(train_hypernetwork(config, pipe=pipe, info=info).log_directory)
 

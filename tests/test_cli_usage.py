@@ -62,8 +62,12 @@ def test_debug_after_the_command_is_understood(tmp_path: Path) -> None:
     (["list", "--dir", "missing"], "--dir missing: no such folder."),
     (["create", "x", "--layers", "1, 0.001, 1"], "gives a layer of width 0"),
     (["create", "sub/x"], "not a plain file name"),
+    (["train", "n", "--data", "f.txt"], "f.txt: is a file; data_root must be the folder of training images."),
+    (["train", "n", "--data", ".", "--learn-rate", "-1"],
+     'learn_rate "-1" has the rate -1; every rate must be a finite number above 0.'),
 ])
 def test_refusals_are_sentences_before_any_model_loads(tmp_path: Path, args, message) -> None:
+    (tmp_path / "f.txt").write_text("not a folder")
     started = time.monotonic()
     r = hypernet(*args, cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr

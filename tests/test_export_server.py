@@ -60,3 +60,8 @@ def test_export_errors_over_http(served) -> None:
     assert 400 <= unknown.status_code < 500 and "'nope' is not in" in unknown.text
     bad_rank = requests.post(f"{url}/hypernet/export-lora", json={"hypernetworks": ["flat"], "rank": 0}, timeout=60)
     assert bad_rank.status_code == 422
+    for body, sentence in (({"multiplier": "nan"}, "multiplier is nan; expected a finite number"),
+                           ({"check": 100}, "check is 100; expected a value from 0 to 8."),
+                           ({"prompts": ["x" * 200_000]}, "prompts[0] is too long; expected at most 100000 characters.")):
+        answer = requests.post(f"{url}/hypernet/export-lora", json={"hypernetworks": ["flat"], **body}, timeout=60)
+        assert answer.status_code == 422 and answer.json()["detail"].startswith(sentence), answer.text

@@ -16,6 +16,7 @@ from PIL import Image, ImageCms, ImageOps
 from typer.testing import CliRunner
 
 from hypernet.errors import HypernetError
+from hypernet.imageio import MAX_DECODED_PIXELS
 from hypernet.prepare import ExistingCaption, Objective, PreprocessOptions, preprocess
 from hypernet.prepare.command import preprocess as preprocess_command
 from hypernet.prepare.crops import auto_size, crop_and_resize, split_tiles
@@ -189,6 +190,18 @@ def test_caption_file_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
     (src / "cafe.txt").write_bytes("café".encode("latin-1"))
     report = preprocess(src, dst, PreprocessOptions(existing_caption=ExistingCaption.COPY, workers=1))
     assert report.captions == [] and report.warnings == ["cafe.txt: not UTF-8 text; the existing caption was ignored"]
+
+
+def test_an_image_too_large_to_decode_is_skipped_from_its_header(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.new("L", (9000, 9000)).save(src / "bomb.png")  # a few hundred KB, 81 million pixels decoded
+    Image.new("RGB", (64, 64), "red").save(src / "fine.png")
+    report = preprocess(src, tmp_path / "dst", PreprocessOptions(width=64, height=64))
+    assert len(report.images) == 1
+    assert [(s.path.name, s.reason) for s in report.skipped] == [
+        ("bomb.png", f"not a readable image (9000x9000 is 81,000,000 pixels; images of at most {MAX_DECODED_PIXELS:,} "
+                     "pixels are read)")]
 
 
 def test_images_as_people_have_them(tmp_path: Path) -> None:

@@ -126,6 +126,9 @@ def test_create_and_train_limits(url) -> None:
     for sizes in ([65536], [4096] * 17, [4096, 4000, 3900, 3800]):
         r = requests.post(f"{url}/create/hypernetwork", json={"name": "huge", "enable_sizes": sizes}, timeout=30)
         assert r.status_code == 422 and "enable_sizes" in r.json()["detail"], r.text
+    r = requests.post(f"{url}/create/hypernetwork", json={"name": "wide", "enable_sizes": [32, 768]}, timeout=30)
+    assert refused(r) == ("enable_sizes has 768; the loaded model's attention layers take contexts at most 64 wide, so "
+                          "such modules would never be used.")
     r = requests.post(f"{url}/create/hypernetwork", json={"name": "thin", "enable_sizes": [32],
                                                           "layer_structure": "1, 0.001, 1"}, timeout=30)
     assert "gives a layer of width 0" in refused(r)

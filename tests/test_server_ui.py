@@ -172,7 +172,7 @@ def test_training_shows_a_live_loss_chart_and_preview(page, server) -> None:
         return page.locator("#train_loss .mark-line path").first.get_attribute("d")
 
     def step_shown() -> int:
-        match = re.search(r"step (\d+)/", page.inner_text("#train_status"))
+        match = re.search(r"step (\d+) of ", page.inner_text("#train_status"))
         return int(match.group(1)) if match else 0
 
     first_line = chart_line()

@@ -12,7 +12,7 @@ from hypernet.network.module import ACTIVATIONS, UNBUILDABLE_ACTIVATIONS, WIDTH_
 from hypernet.server.models import M
 from hypernet.prepare.options import PreprocessOptions
 from hypernet.server.hypernetworks import SERVER_ONLY_KEYS, TRAIN_KEYS
-from hypernet.settings import CreateSettings, GenerateSettings, PreprocessSettings, SettingsError, TrainSettings
+from hypernet.settings import CreateSettings, Folders, GenerateSettings, PreprocessSettings, SettingsError, TrainSettings
 from hypernet.settings.server import ServerOptions
 from hypernet.settings.base import field_names
 from hypernet.settings.cli import is_argument
@@ -25,11 +25,12 @@ def _cli_params(command: str) -> dict[str, list[str]]:
     return {p.name: [*p.opts, *p.secondary_opts] for p in click_command.params}
 
 
-FAMILIES = [CreateSettings, GenerateSettings, TrainSettings, PreprocessSettings, ServerOptions]
+FAMILIES = [CreateSettings, GenerateSettings, TrainSettings, PreprocessSettings, ServerOptions, Folders]
 
 
 @pytest.mark.parametrize(("model", "command"), [(CreateSettings, "create"), (GenerateSettings, "generate"),
-                                                (TrainSettings, "train"), (PreprocessSettings, "preprocess")])
+                                                (TrainSettings, "train"), (PreprocessSettings, "preprocess"),
+                                                (Folders, "generate"), (Folders, "serve")])
 def test_every_cli_field_is_an_option(model, command) -> None:
     params = _cli_params(command)
     options = {flag for flags in params.values() for flag in flags}
@@ -39,6 +40,13 @@ def test_every_cli_field_is_an_option(model, command) -> None:
             assert any(p.upper() == flags[0] or p == name for p in params), f"{model.__name__}.{name}: no argument"
         else:
             assert set(flags) <= options, f"{model.__name__}.{name} {flags} is missing from `hypernet {command}`"
+
+
+def test_one_folder_option_means_the_same_everywhere() -> None:
+    for command in ("create", "list", "generate", "serve", "train"):
+        options = {flag for flags in _cli_params(command).values() for flag in flags}
+        assert set(Folders.surface("hypernetwork_dir").flags("hypernetwork_dir")) <= options, command
+    assert TrainSettings.model_fields["hypernetwork_dir"].description == Folders.model_fields["hypernetwork_dir"].description
 
 
 def test_every_api_field_reaches_the_train_and_preprocess_endpoints() -> None:
@@ -117,6 +125,12 @@ def test_create_limits_are_sentences(values, message) -> None:
     with pytest.raises(SettingsError) as caught:
         CreateSettings(**values)
     assert message in str(caught.value)
+
+
+def test_create_names_are_a1111s_letters_of_any_script() -> None:
+    assert CreateSettings(name="сова v2_x.1").name == "сова v2_x.1"  # A1111 keeps what str.isalnum() accepts
+    with pytest.raises(SettingsError):
+        CreateSettings(name="сова!")
 
 
 def test_create_keeps_a1111_dropout_semantics() -> None:

@@ -89,6 +89,7 @@ def test_outputs_land_where_a1111_users_look(tmp_path: Path, sd1) -> None:
         params = parse_infotext(text)
         assert params["Steps"] == "20" and params["Sampler"] == "Euler a" and params["Size-1"] == "64"
         assert params["Model"] == "tiny" and "red thing" in params["Prompt"] and "net" in params["Prompt"]
+        assert params["Prompt"].endswith(f" <hypernet:net-{step}:1>")  # this step's snapshot: PNG Info reproduces it
     seeds = {parse_infotext(read_infotext(Image.open(log / "images" / f"net-{s}.png"))[0])["Seed"] for s in (2, 4)}
     assert len(seeds) == 1  # one preview seed per run, so previews compare like with like
 
@@ -349,12 +350,38 @@ def test_cli_trains_and_reports_errors_in_one_sentence(tmp_path: Path, sd1, caps
     assert net.step == 2
     preview = next((tmp_path / "logs").glob("*/cli net/images/cli net-2.png"))
     params = parse_infotext(read_infotext(Image.open(preview))[0])
-    assert params["Prompt"] == "a red thing" and params["Seed"] == "5" and params["Steps"] == "2" and params["Sampler"] == "Euler"
+    assert params["Prompt"] == "a red thing <hypernet:cli net-2:1>"
+    assert params["Seed"] == "5" and params["Steps"] == "2" and params["Sampler"] == "Euler"
+    assert f"In {preview.parent.parent}: 2 snapshots in hypernetworks/, 1 preview in images/, loss.png, " \
+           "contact_sheet.png." in " ".join(outcome.output.split())  # only what was made (no CSV: every 500)
 
     with pytest.raises(SystemExit) as exit_info:
         main(["cli net", "--data", str(tmp_path / "nowhere"), "--hypernetwork-dir", str(hn_dir)])
     assert exit_info.value.code == 2
     assert "nowhere: the dataset folder does not exist (data_root)" in capsys.readouterr().err
+
+
+def test_cli_prints_warnings_when_they_happen_and_once(tmp_path: Path, sd1) -> None:
+    import shutil
+
+    import typer
+
+    from hypernet.train.command import train
+
+    _, _, checkpoint, data = sd1
+    mixed = tmp_path / "data"
+    shutil.copytree(data, mixed)
+    (mixed / "notes.doc").write_bytes(b"words")
+    Hypernetwork.create("net", WIDTHS["sd1"], seed=2).save(tmp_path / "hn" / "net.pt")
+    app = typer.Typer()
+    app.command()(train)
+    outcome = CliRunner().invoke(app, ["net", "--data", str(mixed), "--model", str(checkpoint), "--hypernetwork-dir",
+                                       str(tmp_path / "hn"), "--log-directory", str(tmp_path / "logs"), "--width", "64",
+                                       "--height", "64", "--steps", "1", "--image-every", "0", "--save-every", "0"])
+    assert outcome.exit_code == 0, outcome.output
+    warning = "are not readable images and were left out: notes.doc"
+    assert outcome.output.count(warning) == 1
+    assert outcome.output.index(warning) < outcome.output.index("Training finished at step 1")
 
 
 # ================================================================================================ drawings
@@ -372,6 +399,9 @@ def test_loss_curve_contact_sheet_and_tensorboard_logging(tmp_path: Path, sd1, m
     sheet = outputs.contact_sheet(sorted(frames), title="net", thumb=64)
     assert sheet.size == (3 * 64, 34 + 64 + 22)
     assert [sheet.getpixel((32 + 64 * i, 34 + 32))[0] for i in range(3)] == [50, 100, 150]  # in step order
+    tiny = outputs.contact_sheet(sorted(frames), title="net")  # tiny previews fill cells of 128, enlarged 2x
+    assert tiny.size == (3 * 128, 34 + 128 + 22)
+    assert tiny.getpixel((2, 34 + 64)) == (50, 0, 0) and tiny.getpixel((2, 34 + 10)) == (255, 255, 255)
 
     logged: list[tuple] = []
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,10 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hypernet import __version__
-from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
-from hypernet.defaults import embeddings_dir as default_embeddings_dir
-from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
-from hypernet.defaults import lora_dir as default_lora_dir
+from hypernet.defaults import DEFAULT_WIDTHS, TOY_CHECKPOINT, TOY_NOTE
 from hypernet.engine.paste import read_parameters, settings_from_infotext
 from hypernet.errors import HypernetError
 from hypernet.export.command import bake, export_lora
@@ -28,7 +23,8 @@ from hypernet.prepare.command import preprocess
 from hypernet.server.command import serve
 from hypernet.settings import CreateSettings, GenerateSettings
 from hypernet.settings import cli as settings_cli
-from hypernet.settings.cli import say
+from hypernet.settings.cli import field_default, field_option, say
+from hypernet.settings.folders import Folders
 from hypernet.settings.images import open_image
 from hypernet.train.command import train
 
@@ -47,8 +43,8 @@ app.command()(bake)
 app.command()(grid)
 app.command()(pick)
 
-DEFAULT_HN_DIR = default_hypernetwork_dir()
-HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
+DEFAULT_HN_DIR = field_default(Folders, "hypernetwork_dir", Path)
+HnDir = Annotated[Path, field_option(Folders, "hypernetwork_dir")]
 
 
 def _version(value: bool) -> None:
@@ -87,19 +83,44 @@ def _create(settings: CreateSettings, dir: Path = DEFAULT_HN_DIR, format: str = 
         seed=settings.seed,
     )
     net.save(path)
-    say(f"Created {path} ({net.num_parameters():,} parameters)")
+    say(f"Created {path} ({net.num_parameters():,} parameters; widths {', '.join(map(str, settings.enable_sizes))})")
 
 
-def _dropout_means_use(values: dict[str, object], extras: dict[str, object]) -> None:
+def _before_create(values: dict[str, object], extras: dict[str, object]) -> None:
+    """--dropout alone turns dropout on; without --sizes the network gets the widths of --model (the embedded toy
+    model when none is named), so it acts on the model it will be used with."""
     if "dropout_structure" in values:
-        values.setdefault("use_dropout", True)  # on the command line, --dropout alone turns dropout on
+        values.setdefault("use_dropout", True)
+    sizes, model = extras.pop("sizes"), extras.pop("model")
+    if sizes is not None:
+        values["enable_sizes"] = sizes
+    else:
+        CreateSettings.parse(values)  # the other options' mistakes first, before a model loads
+        values["enable_sizes"] = _model_widths(model)
+
+
+def _model_widths(model: str | None) -> list[int]:
+    """The widths a network needs on ``model`` (the embedded toy model when None)."""
+    from hypernet.engine.checkpoints import load_pipeline
+    from hypernet.engine.model_defaults import network_widths
+
+    if model is None:
+        say(TOY_NOTE)
+    pipe, info = load_pipeline(model or TOY_CHECKPOINT)
+    return network_widths(pipe, info.text_widths)
 
 
 app.command("create")(settings_cli.command(
-    CreateSettings, _create, before=_dropout_means_use,
-    extra=[settings_cli.option("dir", Path, DEFAULT_HN_DIR, "--dir", "--hypernetwork-dir",
-                               help="Hypernetwork folder (A1111: models/hypernetworks)."),
-           settings_cli.option("format", str, "pt", "--format", help="pt (A1111) or safetensors.")],
+    CreateSettings, _create, before=_before_create, exclude=["enable_sizes"],
+    extra=[settings_cli.option("sizes", Optional[str], None, "--sizes",
+                               help=CreateSettings.model_fields["enable_sizes"].description or ""),
+           settings_cli.option("dir", Path, DEFAULT_HN_DIR, *Folders.surface("hypernetwork_dir").flags("dir"),
+                               help=Folders.model_fields["hypernetwork_dir"].description or ""),
+           settings_cli.option("format", str, "pt", "--format", help="pt (A1111) or safetensors."),
+           settings_cli.option("model", Optional[str], None, "--model",
+                               help="Without --sizes, give the network this checkpoint's widths (default: hypernet's "
+                                    f"embedded toy model; A1111's form uses {','.join(map(str, DEFAULT_WIDTHS))}, "
+                                    "SD 1.x's).")],
 ))
 
 
@@ -180,24 +201,23 @@ def generate(
                                                  "default: hypernet's embedded toy model.")] = None,
     prompts: Annotated[Optional[Path], typer.Option(help="A file with one prompt per line; under `accelerate launch` "
                                                     "the lines are split across processes.")] = None,
-    negative: Annotated[str, typer.Option(help="Negative prompt (A1111 syntax; tags stay literal text).")] = "",
-    hypernetwork_dir: Annotated[Path, typer.Option(help="Where <hypernet:NAME> names are looked up.")] = DEFAULT_HN_DIR,
-    lora_dir: Annotated[Path, typer.Option(help="Where <lora:NAME:WEIGHT> names are looked up (A1111: models/Lora).")] = default_lora_dir(),
-    embeddings_dir: Annotated[Path, typer.Option(help="Textual-inversion embeddings, used by file name in prompts.")] = default_embeddings_dir(),
-    esrgan_dir: Annotated[Path, typer.Option(help="ESRGAN models for --hr-upscaler NAME (file stem).")] = Path(
-        "models/ESRGAN"),
-    sampler: Annotated[str, typer.Option(help="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'.")] = "DPM++ 2M",
-    scheduler: Annotated[str, typer.Option(help="Schedule type: Automatic, Karras, Exponential, ...")] = "Automatic",
-    steps: int = 20,
-    cfg: Annotated[float, typer.Option(help="CFG scale.")] = 7.0,
-    seed: Annotated[int, typer.Option(help="-1 = random.")] = -1,
-    size: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT, multiples of 8 (default 512x512; 64x64 for the "
-                                                "toy model).")] = None,
-    batch_size: int = 1,
-    batch_count: int = 1,
-    clip_skip: int = 1,
+    negative: Annotated[str, field_option(GenerateSettings, "negative_prompt")] = field_default(GenerateSettings, "negative_prompt"),
+    hypernetwork_dir: Annotated[Path, field_option(Folders, "hypernetwork_dir")] = DEFAULT_HN_DIR,
+    lora_dir: Annotated[Path, field_option(Folders, "lora_dir")] = field_default(Folders, "lora_dir", Path),
+    embeddings_dir: Annotated[Path, field_option(Folders, "embeddings_dir")] = field_default(Folders, "embeddings_dir", Path),
+    esrgan_dir: Annotated[Path, field_option(Folders, "esrgan_dir")] = field_default(Folders, "esrgan_dir", Path),
+    sampler: Annotated[Optional[str], field_option(GenerateSettings, "sampler_name")] = None,  # None: the model's
+    scheduler: Annotated[str, field_option(GenerateSettings, "scheduler")] = field_default(GenerateSettings, "scheduler"),
+    steps: Annotated[Optional[int], field_option(GenerateSettings, "steps")] = None,
+    cfg: Annotated[Optional[float], field_option(GenerateSettings, "cfg_scale")] = None,
+    seed: Annotated[int, field_option(GenerateSettings, "seed")] = field_default(GenerateSettings, "seed"),
+    size: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT, multiples of 8 (default: the model's native "
+                                                "size, e.g. 512x512 for SD 1.x, 64x64 for the toy model).")] = None,
+    batch_size: Annotated[int, field_option(GenerateSettings, "batch_size")] = field_default(GenerateSettings, "batch_size"),
+    batch_count: Annotated[int, field_option(GenerateSettings, "n_iter")] = field_default(GenerateSettings, "n_iter"),
+    clip_skip: Annotated[int, field_option(GenerateSettings, "clip_skip")] = field_default(GenerateSettings, "clip_skip"),
     init_image: Annotated[Optional[Path], typer.Option(help="img2img source image.")] = None,
-    denoise: Annotated[float, typer.Option(help="img2img denoising strength.")] = 0.75,
+    denoise: Annotated[float, field_option(GenerateSettings, "denoising_strength")] = field_default(GenerateSettings, "denoising_strength"),
     vae: Annotated[Optional[Path], typer.Option(help="Separate VAE file.")] = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 model weights (hypernetworks stay fp32).")] = "fp32",
     hypernetwork_precision: Annotated[str, typer.Option(help="Run hypernetworks in fp32, bf16 or fp16 (faster, "
@@ -211,31 +231,29 @@ def generate(
                                                     "on the command line win.")] = None,
     rng: Annotated[str, typer.Option(help="Noise source as A1111: GPU (CUDA's stream; reproduced on any device), "
                                      "CPU or NV.")] = "GPU",
-    subseed: Annotated[int, typer.Option(help="Variation seed (-1 = random).")] = -1,
-    subseed_strength: Annotated[float, typer.Option(help="Variation strength, 0 (off) to 1.")] = 0.0,
+    subseed: Annotated[int, field_option(GenerateSettings, "subseed")] = field_default(GenerateSettings, "subseed"),
+    subseed_strength: Annotated[float, field_option(GenerateSettings, "subseed_strength")] = field_default(GenerateSettings, "subseed_strength"),
     seed_resize_from: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT the seed's noise was made at.")] = None,
     ensd: Annotated[int, typer.Option(help="Eta noise seed delta (A1111 setting).")] = 0,
     eta: Annotated[Optional[float], typer.Option(help="Eta for ancestral/SDE/DDIM samplers (default: A1111's).")] = None,
-    hires: Annotated[bool, typer.Option("--hires", help="Hires fix: upscale the first pass, then --hr-steps of "
-                                        "img2img at --denoise.")] = False,
-    hr_scale: float = 2.0,
+    hires: Annotated[bool, field_option(GenerateSettings, "enable_hr")] = field_default(GenerateSettings, "enable_hr"),
+    hr_scale: Annotated[float, field_option(GenerateSettings, "hr_scale")] = field_default(GenerateSettings, "hr_scale"),
     hr_resize: Annotated[Optional[str], typer.Option(help="Hires target WIDTHxHEIGHT instead of --hr-scale.")] = None,
-    hr_upscaler: Annotated[str, typer.Option(help="Latent, Latent (antialiased), Latent (bicubic), Latent (bicubic "
-                                             "antialiased), Latent (nearest), Latent (nearest-exact), None, "
-                                             "Lanczos, Nearest, or an ESRGAN model's file name "
-                                             "without extension in --esrgan-dir.")] = "Latent",
-    hr_steps: Annotated[int, typer.Option(help="Hires steps (0 = --steps).")] = 0,
-    hr_sampler: Optional[str] = None,
-    hr_scheduler: Optional[str] = None,
-    hr_prompt: str = "",
-    hr_negative: str = "",
+    hr_upscaler: Annotated[Optional[str], field_option(GenerateSettings, "hr_upscaler")] = field_default(GenerateSettings, "hr_upscaler"),
+    hr_steps: Annotated[int, field_option(GenerateSettings, "hr_second_pass_steps")] = field_default(GenerateSettings, "hr_second_pass_steps"),
+    hr_sampler: Annotated[Optional[str], field_option(GenerateSettings, "hr_sampler_name")] = field_default(GenerateSettings, "hr_sampler_name"),
+    hr_scheduler: Annotated[Optional[str], field_option(GenerateSettings, "hr_scheduler")] = field_default(GenerateSettings, "hr_scheduler"),
+    hr_prompt: Annotated[str, field_option(GenerateSettings, "hr_prompt")] = field_default(GenerateSettings, "hr_prompt"),
+    hr_negative: Annotated[str, field_option(GenerateSettings, "hr_negative_prompt")] = field_default(GenerateSettings, "hr_negative_prompt"),
 ) -> None:
     """Generate images; <hypernet:NAME:WEIGHT> in the prompt applies hypernetworks (A1111 syntax)."""
     _check_generate_options(prompt=prompt, negative_prompt=negative, sampler_name=sampler, scheduler=scheduler,
                             steps=steps, cfg_scale=cfg, seed=seed, size=size, batch_size=batch_size,
                             n_iter=batch_count, clip_skip=clip_skip, denoising_strength=denoise, subseed=subseed,
                             subseed_strength=subseed_strength, seed_resize_from=seed_resize_from, enable_hr=hires,
-                            hr_scale=hr_scale, hr_second_pass_steps=hr_steps, hr_resize=hr_resize)
+                            hr_scale=hr_scale, hr_second_pass_steps=hr_steps, hr_resize=hr_resize,
+                            hr_upscaler=hr_upscaler, hr_sampler_name=hr_sampler, hr_scheduler=hr_scheduler,
+                            hr_prompt=hr_prompt, hr_negative_prompt=hr_negative)
     if init_image is not None:
         open_image(init_image, "--init-image", load=False).close()  # exists, readable, not too large: before loading
     import torch
@@ -262,11 +280,12 @@ def generate(
         console.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
     if model is None:
         console.print(TOY_NOTE, style="dim", markup=False)
-        model, size = str(TOY_CHECKPOINT), size or f"{TOY_SIZE}x{TOY_SIZE}"
-    size = size or "512x512"
+        model = str(TOY_CHECKPOINT)
     jobs = _prompt_jobs(prompt, prompts)
+    width = height = None  # the model's native size
     try:
-        width, height = (int(v) for v in size.lower().split("x"))
+        if size is not None:
+            width, height = (int(v) for v in size.lower().split("x"))
     except ValueError:
         raise HypernetError(f"--size {size!r} must look like 512x768") from None
     resize_w, resize_h = _size_option("--seed-resize-from", seed_resize_from) if seed_resize_from else (0, 0)
@@ -294,8 +313,8 @@ def generate(
             settings = Settings(text, negative, sampler, scheduler, steps, cfg, job_seed, width, height, batch_size,
                                 batch_count, clip_skip, init, denoise, hypernetwork_precision=hypernetwork_precision,
                                 **noise_and_hires)
-            task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=steps * batch_count)
-            result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done))
+            task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=None)
+            result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done, total=total))
             for a in result.applied:
                 hits = ", ".join(f"{n} layers at width {w}" for w, n in sorted(a.layers_by_width.items()))
                 console.print(f"applied {a.name} x{a.multiplier}: {hits}", markup=False)
@@ -342,10 +361,11 @@ def _size_option(option: str, value: str) -> tuple[int, int]:
 def _check_generate_options(*, size: str | None, seed_resize_from: str | None, hr_resize: str | None,
                             prompt: str | None, **values: object) -> None:
     """The options' limits (GenerateSettings: the same sentences as the API), before torch and the model load."""
-    width, height = _size_option("--size", size) if size else (512, 512)
+    size_values = dict(zip(("width", "height"), _size_option("--size", size))) if size else {}
     resize_w, resize_h = _size_option("--seed-resize-from", seed_resize_from) if seed_resize_from else (0, 0)
     hr_x, hr_y = _size_option("--hr-resize", hr_resize) if hr_resize else (0, 0)
-    GenerateSettings(**values, prompt=prompt or "", width=width, height=height, seed_resize_from_w=resize_w,
+    given = {name: value for name, value in values.items() if value is not None}  # None: the model's default
+    GenerateSettings(**given, **size_values, prompt=prompt or "", seed_resize_from_w=resize_w,
                      seed_resize_from_h=resize_h, hr_resize_x=hr_x, hr_resize_y=hr_y)
 
 
@@ -393,10 +413,6 @@ def png_info(file: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: usage mistakes and user errors print one line and exit 2; ``--debug`` re-raises user errors."""
-    # Notes every run would print and no user can act on: transformers' "requires torchvision" and "sequence length
-    # is longer than" (prompts are chunked as A1111 does), torchsde's float rounding at interval ends.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    warnings.filterwarnings("ignore", message="Should have t[ab]")
     settings_cli.run_app(app, argv, "hypernet")
 
 

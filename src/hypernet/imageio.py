@@ -6,8 +6,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageCms, ImageOps
+
+# The most pixels an input image may have (8192x8192, 256 MB decoded as RGB), checked from the header before any
+# pixel is decoded: a small PNG can declare a huge image. hypernet.settings.limits publishes it with the other caps.
+MAX_DECODED_PIXELS = 8192 * 8192
 
 # Modes whose pixels carry more than 8 bits; Pillow's own convert("RGB") clips them instead of scaling.
 _HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -21,9 +24,14 @@ def open_image(path: Path) -> Image.Image:
     everywhere is dropped, since it carries no weight information. Colours are converted to sRGB when the file
     embeds an ICC profile (CMYK print files, Display P3 phone photos).
 
-    Raises whatever Pillow raises for an unreadable file (``OSError``, ``SyntaxError``, ``ValueError``).
+    Raises whatever Pillow raises for an unreadable file (``OSError``, ``SyntaxError``, ``ValueError``), and
+    Pillow's ``DecompressionBombError`` for an image above :data:`MAX_DECODED_PIXELS`.
     """
     with Image.open(path) as im:
+        width, height = im.size
+        if width * height > MAX_DECODED_PIXELS:
+            raise Image.DecompressionBombError(f"{width}x{height} is {width * height:,} pixels; images of at most "
+                                               f"{MAX_DECODED_PIXELS:,} pixels are read")
         im.load()
         upright = ImageOps.exif_transpose(im)
     return to_working_mode(upright)
@@ -49,6 +57,8 @@ def to_working_mode(im: Image.Image) -> Image.Image:
 
 
 def _to_8bit_grey(im: Image.Image) -> Image.Image:
+    import numpy as np  # here: the command line reads MAX_DECODED_PIXELS and should not pay for numpy
+
     pixels = np.asarray(im).astype(np.float32)
     peak = float(pixels.max()) if pixels.size else 0.0
     if im.mode == "F" and peak <= 1.0:

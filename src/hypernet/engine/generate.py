@@ -29,6 +29,7 @@ from hypernet.engine.conditioning import PromptEncoder
 from hypernet.engine.embeddings import EmbeddingLibrary
 from hypernet.engine.infotext import format_infotext
 from hypernet.engine.lora import AppliedLora, LoraLibrary, LoraMerger, activate_loras, lora_infotext
+from hypernet.engine.model_defaults import model_defaults
 from hypernet.errors import HypernetError
 from hypernet.sampling import Plan, plan, sample_latent
 from hypernet.sampling.schedules import alphas_cumprod_for
@@ -58,13 +59,15 @@ class Settings:
 
     prompt: str
     negative_prompt: str = ""
-    sampler_name: str = "DPM++ 2M"
+    # None: the loaded model's default (its native size, its recorded sampler/steps/CFG, else A1111's DPM++ 2M,
+    # 20 steps, CFG 7; see hypernet.engine.model_defaults). The HTTP API always fills these with A1111's values.
+    sampler_name: str | None = None
     scheduler: str = "Automatic"
-    steps: int = 20
-    cfg_scale: float = 7.0
+    steps: int | None = None
+    cfg_scale: float | None = None
     seed: int = -1
-    width: int = 512
-    height: int = 512
+    width: int | None = None
+    height: int | None = None
     batch_size: int = 1
     n_iter: int = 1
     clip_skip: int = 1
@@ -96,7 +99,8 @@ class Settings:
 
     def check(self) -> list[str]:
         """Validate against :class:`~hypernet.settings.GenerateSettings` (the limits every path shares); sizes that
-        are not multiples of 8 are floored, as A1111 does, and the returned warnings say so."""
+        are not multiples of 8 are floored, as A1111 does, and the returned warnings say so. Fields left as None
+        must have been filled with the model's defaults first (:meth:`ModelDefaults.complete`)."""
         checked = GenerateSettings(**{name: getattr(self, name) for name in _CHECKED})
         self.width, self.height = checked.width, checked.height
         precision_dtype(self.hypernetwork_precision, "hypernetwork precision")
@@ -132,7 +136,7 @@ class Settings:
 _CHECKED = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "subseed",
             "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "width", "height", "batch_size", "n_iter",
             "clip_skip", "denoising_strength", "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x",
-            "hr_resize_y")
+            "hr_resize_y", "hr_upscaler", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
 
 
 @dataclass
@@ -192,6 +196,7 @@ class Generator:
         self.max_loaded_networks = max_loaded_networks
         self._attention_widths = attention_widths(pipe.unet)
         self.alphas_cumprod = alphas_cumprod_for(pipe.scheduler.config)
+        self.defaults = model_defaults(pipe, info.path)  # what unset Settings fields become
         self.loras = LoraLibrary(lora_dirs)  # <lora:NAME> files (A1111: models/Lora)
         self.lora_merger = LoraMerger(pipe, info.family)
         self.embeddings = EmbeddingLibrary(embeddings_dir)  # textual inversion (A1111: embeddings/)
@@ -250,7 +255,10 @@ class Generator:
                 )
             if not hits:
                 warnings.append(f"hypernetwork {name!r} matches no attention layer of this model: it has no effect.")
-        return batch.prompts, batch.infotext_prompts, applied, warnings, entries
+        # networks given directly (a training run's previews) are named in the infotext as tags, so PNG Info and
+        # "Send to txt2img" apply them again
+        tags = "".join(f" <hypernet:{net.name}:{m:g}>" for net, m in extra)
+        return batch.prompts, [p + tags for p in batch.infotext_prompts], applied, warnings, entries
 
     def generate(
         self,
@@ -266,6 +274,7 @@ class Generator:
         caller watch progress and interrupt or skip.
         """
         hooks = hooks or Hooks(progress=progress)
+        s = self.defaults.complete(s)
         adjusted = s.check()
         if s.enable_hr:
             self.check_upscaler(s.hr_upscaler)

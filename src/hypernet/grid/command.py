@@ -17,6 +17,7 @@ from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE, hypernetwork_d
 from hypernet.errors import HypernetError
 from hypernet.fileio import next_number
 from hypernet.settings import GenerateSettings
+from hypernet.settings.cli import field_default, field_option
 
 if TYPE_CHECKING:
     from hypernet.engine.generate import Generator
@@ -45,14 +46,15 @@ def grid(
     hypernetwork_dir: Annotated[Optional[Path], typer.Option(
         help="Where network names are looked up (e.g. a run's hypernetworks/ folder of snapshots); files named on "
              f"a Hypernetwork axis bring their own folder. Default {DEFAULT_HN_DIR}.")] = None,
-    negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
-    sampler: Annotated[str, typer.Option(help="A1111 sampler name.")] = "DPM++ 2M",
-    scheduler: Annotated[str, typer.Option(help="Schedule type.")] = "Automatic",
-    steps: int = 20,
-    cfg: Annotated[float, typer.Option(help="CFG scale.")] = 7.0,
-    seed: Annotated[int, typer.Option(help="-1 = one random seed for the whole plot.")] = -1,
+    negative: Annotated[str, field_option(GenerateSettings, "negative_prompt")] = field_default(GenerateSettings, "negative_prompt"),
+    sampler: Annotated[str, field_option(GenerateSettings, "sampler_name")] = field_default(GenerateSettings, "sampler_name"),
+    scheduler: Annotated[str, field_option(GenerateSettings, "scheduler")] = field_default(GenerateSettings, "scheduler"),
+    steps: Annotated[int, field_option(GenerateSettings, "steps")] = field_default(GenerateSettings, "steps"),
+    cfg: Annotated[float, field_option(GenerateSettings, "cfg_scale")] = field_default(GenerateSettings, "cfg_scale"),
+    seed: Annotated[int, typer.Option(help="Seed; -1: one random seed for the whole plot. Range: -1 to 4294967295.")
+                    ] = field_default(GenerateSettings, "seed"),
     size: Annotated[Optional[str], typer.Option(help="WIDTHxHEIGHT (default 512x512; 64x64 for the toy model).")] = None,
-    clip_skip: int = 1,
+    clip_skip: Annotated[int, field_option(GenerateSettings, "clip_skip")] = field_default(GenerateSettings, "clip_skip"),
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 model weights.")] = "fp32",
     legend: Annotated[bool, typer.Option(help="Draw axis labels.")] = True,
     sub_grids: Annotated[bool, typer.Option("--sub-grids", help="Also save each Z value's grid.")] = False,

@@ -24,6 +24,7 @@ from rich.table import Table
 from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
 from hypernet.errors import HypernetError
 from hypernet.grid.command import parse_size, save_plot
+from hypernet.train.outputs import HEALTH_CSV
 
 COLUMNS = {"train_loss": "train loss", "validation_loss": "validation loss", "style": "style", "fidelity": "fidelity",
            "saturation": "saturation", "high_frequency": "high freq.", "clipping": "clipping"}
@@ -41,8 +42,6 @@ class Snapshot:
 
 def read_run(run_dir: Path) -> tuple[list[Snapshot], dict[str, Any]]:
     """The run's snapshots by step with their figures, and its settings JSON (empty when missing)."""
-    from hypernet.train.health import HEALTH_CSV
-
     if not run_dir.is_dir():
         raise HypernetError(f"{run_dir}: no such folder; pass a training run's folder, <log-directory>/<date>/<name>.")
     folder = run_dir / "hypernetworks"

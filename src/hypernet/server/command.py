@@ -14,10 +14,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from hypernet.defaults import embeddings_dir as default_embeddings_dir
-from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
-from hypernet.defaults import lora_dir as default_lora_dir
 from hypernet.errors import HypernetError
+from hypernet.settings.cli import field_default, field_option
+from hypernet.settings.folders import Folders
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -61,10 +60,10 @@ def serve(
     api_auth: Annotated[Optional[str], typer.Option("--api-auth", help="user:password[,user2:password2]: HTTP Basic auth for every route, UI included.")] = None,
     ckpt: Annotated[Optional[Path], typer.Option(help="Checkpoint to load (.safetensors/.ckpt or diffusers folder); default: the first in --models-dir, else hypernet's embedded toy model.")] = None,
     models_dir: Annotated[Path, typer.Option(help="Checkpoints offered by /sd-models and the model setting.")] = Path("models/Stable-diffusion"),
-    hypernetwork_dir: Annotated[Path, typer.Option(help="Hypernetworks: <hypernet:NAME> names, create and train.")] = default_hypernetwork_dir(),
-    esrgan_dir: Annotated[Path, typer.Option(help="ESRGAN upscaler models (.pth/.safetensors) offered to the hires fix.")] = Path("models/ESRGAN"),
-    lora_dir: Annotated[Path, typer.Option(help="LoRA files: <lora:NAME:WEIGHT> names (A1111: models/Lora).")] = default_lora_dir(),
-    embeddings_dir: Annotated[Path, typer.Option(help="Textual-inversion embeddings, used by file name in prompts.")] = default_embeddings_dir(),
+    hypernetwork_dir: Annotated[Path, field_option(Folders, "hypernetwork_dir")] = field_default(Folders, "hypernetwork_dir"),
+    esrgan_dir: Annotated[Path, field_option(Folders, "esrgan_dir")] = field_default(Folders, "esrgan_dir"),
+    lora_dir: Annotated[Path, field_option(Folders, "lora_dir")] = field_default(Folders, "lora_dir"),
+    embeddings_dir: Annotated[Path, field_option(Folders, "embeddings_dir")] = field_default(Folders, "embeddings_dir"),
     data_dir: Annotated[Path, typer.Option(help="Training and preprocessing folders named by requests must lie inside this one.")] = Path("training_data"),
     log_dir: Annotated[Path, typer.Option(help="Training logs (A1111's log_directory) must lie inside this one.")] = Path("textual_inversion"),
     outputs_dir: Annotated[Path, typer.Option(help="Where save_images=true writes images.")] = Path("outputs"),

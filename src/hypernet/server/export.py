@@ -5,11 +5,11 @@ queue, so they wait for generations and training to finish and never change the 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from hypernet.errors import HypernetError
 from hypernet.export import FitOptions, bake, export_lora, resolve_networks
@@ -17,24 +17,32 @@ from hypernet.export.fit import DEFAULT_PROMPTS
 from hypernet.server.jobs import wait_for_job
 from hypernet.server.security import ApiError, check_plain_name
 from hypernet.server.state import ServerState
+from hypernet.settings import SettingsModel
+from hypernet.settings.limits import MAX_PROMPT_CHARS
 
 
-class ExportLoraRequest(BaseModel):
-    hypernetworks: list[str] = Field(min_length=1, max_length=16, description="NAME or NAME:MULTIPLIER, applied in order.")
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+NetworkSpec = Annotated[str, Field(max_length=300)]
+
+
+class ExportLoraRequest(SettingsModel):
+    """Finite numbers and bounded texts, as every request (:class:`~hypernet.settings.SettingsModel`)."""
+
+    hypernetworks: list[NetworkSpec] = Field(min_length=1, max_length=16, description="NAME or NAME:MULTIPLIER, applied in order.")
     multiplier: float = Field(1.0, ge=-10, le=10, description="Multiplier for names without one.")
     rank: int | None = Field(None, ge=1, le=4096, description="LoRA rank; null: exact deltas at full rank.")
     format: Literal["kohya", "diffusers"] = "kohya"
     include_bias: bool = Field(True, description="kohya: write the value bias as diff/diff_b (A1111, ComfyUI).")
     check: int = Field(0, ge=0, le=8, description="Prompts to generate both ways to measure the image difference.")
-    prompts: list[str] | None = Field(None, max_length=64, description="Prompts for fitting non-linear networks.")
+    prompts: list[Prompt] | None = Field(None, max_length=64, description="Prompts for fitting non-linear networks.")
     output_name: str | None = Field(None, max_length=200, description="File name (no folders) in the LoRA folder.")
 
 
-class BakeRequest(BaseModel):
-    hypernetworks: list[str] = Field(min_length=1, max_length=16)
+class BakeRequest(SettingsModel):
+    hypernetworks: list[NetworkSpec] = Field(min_length=1, max_length=16)
     approximate: bool = Field(False, description="Bake non-linear networks as their best linear fit.")
     check: int = Field(0, ge=0, le=8)
-    prompts: list[str] | None = Field(None, max_length=64)
+    prompts: list[Prompt] | None = Field(None, max_length=64)
     output_name: str | None = Field(None, max_length=200, description="File name (no folders) in the models folder.")
 
 

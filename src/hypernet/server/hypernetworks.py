@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
+from hypernet.engine.attention import attention_widths
 from hypernet.errors import HypernetError
 from hypernet.network import Hypernetwork
 from hypernet.server.jobs import Job, wait_for_job
@@ -31,6 +32,14 @@ def create_hypernetwork(state: ServerState, body: dict[str, Any]) -> Path:
     """A1111's "Create hypernetwork" with its keyword arguments; returns the written ``.pt`` file."""
     check_plain_name(str(body.get("name") or ""), "name")  # paths are a 403 before anything else
     settings = CreateSettings.parse(body)
+    # Within the hard caps, the loaded model bounds the widths: a module wider than its widest attention context is
+    # never used, only stored (A1111's default widths all fit SD1, SD2 and SDXL).
+    widest = max(attention_widths(state.model.generator.pipe.unet), default=0)
+    unused = [w for w in settings.enable_sizes if w > widest]
+    if widest and unused:
+        raise SettingsError(f"enable_sizes has {', '.join(map(str, unused))}; the loaded model's attention layers "
+                            f"take contexts at most {widest} wide, so such modules would never be used.",
+                            "enable_sizes")
     path = Path(state.config.hypernetwork_dir) / f"{settings.name}.pt"
     if path.exists() and not settings.overwrite_old:
         raise HypernetError(f"file {path} already exists")
@@ -95,8 +104,9 @@ def train_config(state: ServerState, body: dict[str, Any]) -> Any:
     values["data_root"] = str(confine(state.config.data_dir, values.get("data_root"), "data_root"))
     values["log_directory"] = str(confine(state.config.log_dir, values.get("log_directory") or ".", "log_directory"))
     settings = {key: state.option(key) for key in TrainConfig.field_names() if key in OPTION_DEFAULTS}
-    config = TrainConfig.parse(settings | values | {"clip_skip": int(state.option("CLIP_stop_at_last_layers")),
-                                                     "hypernetwork_dir": str(state.config.hypernetwork_dir)})
+    # every field set (A1111's defaults where the body is silent): the HTTP API does not take the model's defaults
+    config = TrainConfig.parse(TrainConfig().model_dump() | settings | values | {
+        "clip_skip": int(state.option("CLIP_stop_at_last_layers")), "hypernetwork_dir": str(state.config.hypernetwork_dir)})
     config.check()
     limits = state.config.limits
     if config.steps > limits.max_train_steps:
@@ -126,7 +136,8 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
         def progress(p: Any) -> None:
             live.update(phase=p.phase, step=p.step, final_step=p.final_step, start_step=p.start_step, loss=p.loss,
                         loss_avg=p.loss_avg, learn_rate=p.learn_rate, message=p.message, last_saved=p.last_saved,
-                        last_preview=p.last_preview, recommended_step=p.recommended_step, overcooked=p.overcooked,
+                        last_preview=p.last_preview, eta_s=p.eta_s, it_per_s=p.it_per_s,
+                        recommended_step=p.recommended_step, overcooked=p.overcooked,
                         validation_loss=p.validation_loss)
             if p.loss is not None and (not losses or losses[-1][0] != p.step):
                 losses.append((p.step, p.loss))

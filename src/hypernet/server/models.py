@@ -61,12 +61,7 @@ GENERATION: Fields = {
 HIRES: Fields = {
     "firstphase_width": (int, 0),
     "firstphase_height": (int, 0),
-    "hr_upscaler": (str, None),
     "hr_checkpoint_name": (str, None),
-    "hr_sampler_name": (str, None),
-    "hr_scheduler": (str, None),
-    "hr_prompt": (str, ""),
-    "hr_negative_prompt": (str, ""),
 }
 IMG2IMG: Fields = {
     "init_images": (list[str], None),

@@ -160,6 +160,7 @@ class ServerState:
         self._options: dict[str, Any] = dict(OPTION_DEFAULTS) | training_defaults()
         self._options_lock = threading.Lock()
         self.last_training: TrainingRecord | None = None  # the UI shows the finished run's losses
+        self._outside: list[Checkpoint] = []  # checkpoints served from outside the models folder, kept selectable
         self.training_runs: OrderedDict[str, TrainingRecord] = OrderedDict()  # task id -> its run (newest last)
         self.unloaded = False
         self.checkpoints = self.scan_checkpoints()
@@ -210,11 +211,16 @@ class ServerState:
 
     # ------------------------------------------------------------------ checkpoints
     def scan_checkpoints(self) -> list[Checkpoint]:
-        """The models folder's checkpoints, plus the loaded one (with its hash) wherever it lives."""
+        """The models folder's checkpoints, then every one served from elsewhere this session (``--ckpt``, the
+        embedded toy model, which is always offered) so switching back to them works; the loaded one with its hash."""
         loaded = self.model.checkpoint
-        found = [loaded if c.path.resolve() == loaded.path.resolve() else c for c in scan_checkpoints(self.config)]
-        if all(c is not loaded for c in found):
-            found.insert(0, loaded)
+        found = scan_checkpoints(self.config)
+        folder = {c.path.resolve() for c in found}
+        for extra in (loaded, Checkpoint(TOY_CHECKPOINT, TOY_CHECKPOINT.name)):
+            if extra.path.resolve() not in folder and all(c.path.resolve() != extra.path.resolve() for c in self._outside):
+                self._outside.append(extra)
+        found += self._outside
+        found = [loaded if c.path.resolve() == loaded.path.resolve() else c for c in found]
         self.checkpoints = found
         return found
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,13 +19,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home f
 
 import gradio as gr  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from hypernet.engine.attention import attention_widths  # noqa: E402
 from hypernet.engine.hires import UPSCALERS  # noqa: E402
 from hypernet.engine.infotext import parse_infotext, read_infotext  # noqa: E402
 from hypernet.engine.upscalers import list_esrgan  # noqa: E402
 from hypernet.engine.paste import settings_from_infotext  # noqa: E402
+from hypernet.engine.model_defaults import network_widths  # noqa: E402
 from hypernet.errors import HypernetError  # noqa: E402
 from hypernet.network import describe_file  # noqa: E402
 from hypernet.sampling import resolve_sampler  # noqa: E402
@@ -36,6 +37,7 @@ from hypernet.server.models import M  # noqa: E402
 from hypernet.server.state import ServerState  # noqa: E402
 from hypernet.server.ui_networks import network_tabs  # noqa: E402
 from hypernet.server.ui_grid import XYZControls  # noqa: E402
+from hypernet.train.outputs import moving_average  # noqa: E402
 from hypernet.settings import CreateSettings, PreprocessSettings  # noqa: E402
 from hypernet.settings import GenerateSettings as G  # noqa: E402
 from hypernet.settings.train import TrainSettings  # noqa: E402
@@ -43,6 +45,11 @@ from hypernet.settings.train import TrainSettings  # noqa: E402
 CSS = """
 #hn_cards .caption-label { white-space: normal; }
 .hn-note { font-size: 0.9em; opacity: 0.8; }
+/* results are shown whole (object-fit: contain) and tiny ones scaled up with hard pixel edges, not blurred */
+#txt2img_gallery img, #img2img_gallery img, #train_preview img { image-rendering: pixelated; object-fit: contain; }
+#txt2img_gallery .grid-container, #img2img_gallery .grid-container {
+  grid-template-columns: repeat(auto-fit, minmax(0, 380px)) !important; justify-content: center; }
+#txt2img_gallery .thumbnail-item, #img2img_gallery .thumbnail-item { max-height: 380px; }
 """
 SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"  # A1111's hires "same as first pass"
 PREVIEW_SUFFIXES = (".preview.png", ".png", ".preview.jpg", ".jpg", ".jpeg", ".webp")
@@ -72,18 +79,63 @@ def _schedule_labels() -> list[str]:
     return [s.label for s in SCHEDULES]
 
 
-def _context_widths(pipe: Any) -> list[int]:
-    """The context widths this model's attention layers take (what "Create" offers modules for by default)."""
-    return sorted(attention_widths(pipe.unet))
-
-
 def _placeholder_card(name: str) -> Image.Image:
-    """A card image for networks without a preview file: a colour from the name, and its initials."""
+    """A card image for networks without a preview file: a colour from the name, and its initials in a Unicode
+    font (DejaVu Sans, found by name where the system has it; Pillow's own font is Latin-only and would draw boxes
+    for e.g. Cyrillic, so without it the card has no initials and the caption names it)."""
     digest = hashlib.sha256(name.encode()).digest()
     image = Image.new("RGB", (256, 256), tuple(64 + b // 2 for b in digest[:3]))
-    draw = ImageDraw.Draw(image)
-    draw.text((128, 128), name[:2].upper(), fill="white", anchor="mm", font_size=96)
+    try:
+        font = ImageFont.truetype("DejaVuSans.ttf", 96)
+    except OSError:
+        return image
+    ImageDraw.Draw(image).text((128, 128), name[:2].upper(), fill="white", anchor="mm", font=font)
     return image
+
+
+def toggle_tag(prompt: str, name: str, weight: float) -> str:
+    """A1111's card click: add ``<hypernet:name:weight>``, or remove the tag if the prompt already has it."""
+    tag = re.compile(rf"\s*<hypernet:{re.escape(name)}(:[^>]*)?>")
+    if tag.search(prompt):
+        return tag.sub("", prompt).strip()
+    return f"{prompt} <hypernet:{name}:{weight:g}>".strip()
+
+
+def _seed_of(info: str) -> int:
+    """The seed of the last generation (its infotext), for the reuse button; -1 when there is none."""
+    match = re.search(r"\bSeed: (-?\d+)", info or "")
+    return int(match.group(1)) if match else -1
+
+
+def _pasted_fields(info: str) -> dict[str, Any]:
+    """The txt2img/img2img fields an infotext sets (A1111's paste, through the same parser as PNG Info's button)."""
+    if not info or not info.strip():
+        return {}
+    try:
+        return settings_from_infotext(info.split("\n\n")[0])[0]
+    except HypernetError:
+        return {}
+
+
+def _generation_status(job_no: int, job_count: int, step: int, steps: int) -> str:
+    """A1111's wording: which batch of how many, and the step within it (never past the end)."""
+    count = max(1, job_count)
+    return f"Batch {min(job_no + 1, count)} of {count}, step {min(step, steps)}/{steps}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _progress_html(step: int, start: int, final: int, eta_s: float | None, it_per_s: float | None) -> str:
+    """A progress bar with the step, speed and ETA (what A1111 shows above a running job)."""
+    done, total = max(0, step - start), max(1, final - start)
+    speed = f"{it_per_s:.2f} it/s" if it_per_s else "-"
+    return (f'<progress value="{done}" max="{total}" style="width:100%"></progress>'
+            f'<div class="hn-note">step {step}/{final} · {speed} · ETA {_duration(eta_s)}</div>')
 
 
 def build_ui(state: ServerState) -> gr.Blocks:
@@ -97,10 +149,16 @@ def build_ui(state: ServerState) -> gr.Blocks:
             hit = described[str(path)] = (mtime, describe_file(path))
         return hit[1]
 
-    def cards() -> tuple[list[tuple[Image.Image | str, str]], list[str], str]:
-        """Gallery items (preview, caption) for every discovered network, the names in order, and a summary."""
+    def cards(search: str = "", sort: str = "Name") -> tuple[list[tuple[Image.Image | str, str]], list[str], str]:
+        """Gallery items (preview, caption) for the discovered networks whose name contains ``search``, in ``sort``
+        order; the names in that order, and a summary. Networks that cannot act on this model are flagged."""
+        generator = state.model.generator
+        fits = set(network_widths(generator.pipe, generator.info.text_widths))
+        found = [(n, p) for n, p in generator.available().items() if (search or "").strip().lower() in n.lower()]
+        if sort == "Date modified":
+            found.sort(key=lambda item: -item[1].stat().st_mtime)
         items, names, rows = [], [], []
-        for name, path in state.model.generator.available().items():
+        for name, path in found:
             try:
                 info = describe(path)
             except HypernetError as e:
@@ -111,6 +169,8 @@ def build_ui(state: ServerState) -> gr.Blocks:
             structure = "-".join(f"{x:g}" for x in info["layer_structure"])
             widths = "/".join(str(w) for w in info["widths"])
             caption = f"{name} · {widths} · {structure} {info['activation'] or 'linear'} · step {info['step']}"
+            if not fits & set(info["widths"]):
+                caption = f"⚠ not for this model · {caption}"
             items.append((preview or _placeholder_card(name), caption))
             names.append(name)
             rows.append(f"| {name} | {widths} | {structure} {info['activation'] or 'linear'} | {info['step']} |")
@@ -131,7 +191,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
         while not job.future.done():
             time.sleep(0.25)
             if job.sampling_steps:
-                status = f"{job.name}: batch {job.job_no + 1}/{job.job_count}, step {job.sampling_step}/{job.sampling_steps}"
+                status = _generation_status(job.job_no, job.job_count, job.sampling_step, job.sampling_steps)
             else:
                 status = f"waiting in the queue ({state.jobs.pending} ahead)" if state.jobs.current is not job else "starting"
             png = job.preview_png
@@ -152,10 +212,15 @@ def build_ui(state: ServerState) -> gr.Blocks:
         yield outcome.images, info, done
 
     samplers, schedules = _sampler_names(), _schedule_labels()
+    model = state.model.generator.defaults  # the loaded model's size, sampler, steps and CFG (A1111's when it has none)
 
     with gr.Blocks(title="hypernet") as ui:
         header = gr.Markdown(f"## hypernet · {state.model.checkpoint.title}")
-        with gr.Tabs():
+        with gr.Row():
+            checkpoint = gr.Dropdown([c.title for c in state.checkpoints], value=state.model.checkpoint.title,
+                                     label="Stable Diffusion checkpoint", elem_id="setting_sd_model_checkpoint", scale=3)
+            checkpoint_refresh = gr.Button("Refresh", size="sm", elem_id="checkpoint_refresh", scale=0)
+        with gr.Tabs() as main_tabs:
             # ---------------------------------------------------------------- txt2img / img2img
             tabs: dict[str, dict[str, Any]] = {}
             for kind in ("txt2img", "img2img"):
@@ -178,24 +243,28 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                 c["init_image"] = gr.Image(label="Image", type="pil", elem_id="img2img_image", height=256)
                                 c["denoising_strength"] = component(G, "denoising_strength", elem_id="img2img_denoising")
                             with gr.Row():
-                                c["sampler_name"] = gr.Dropdown(samplers, value=G.model_fields["sampler_name"].default,
+                                c["sampler_name"] = gr.Dropdown(samplers, value=model.sampler_name,
                                                                 label=G.surface("sampler_name").ui, elem_id=f"{kind}_sampler")
                                 c["scheduler"] = gr.Dropdown(schedules, value=G.model_fields["scheduler"].default,
                                                              label=G.surface("scheduler").ui, elem_id=f"{kind}_scheduler")
-                            c["steps"] = component(G, "steps", maximum=150, info=None, elem_id=f"{kind}_steps")
+                            c["steps"] = component(G, "steps", value=model.steps, maximum=150, info=None, elem_id=f"{kind}_steps")
                             with gr.Row():
-                                c["width"] = component(G, "width", minimum=64, maximum=2048, step=8, info=None,
+                                c["width"] = component(G, "width", value=model.width, minimum=64, maximum=2048, step=8, info=None,
                                                        elem_id=f"{kind}_width")
-                                c["height"] = component(G, "height", minimum=64, maximum=2048, step=8, info=None,
+                                c["height"] = component(G, "height", value=model.height, minimum=64, maximum=2048, step=8, info=None,
                                                         elem_id=f"{kind}_height")
                             with gr.Row():
                                 c["batch_size"] = component(G, "batch_size", maximum=8, info=None,
                                                             elem_id=f"{kind}_batch_size")
                                 c["n_iter"] = component(G, "n_iter", info=None, elem_id=f"{kind}_n_iter")
                             with gr.Row():
-                                c["cfg_scale"] = component(G, "cfg_scale", minimum=1.0, maximum=30.0, step=0.5, info=None,
+                                c["cfg_scale"] = component(G, "cfg_scale", value=model.cfg_scale, minimum=1.0, maximum=30.0, step=0.5, info=None,
                                                            elem_id=f"{kind}_cfg")
                                 c["seed"] = component(G, "seed", info=None, elem_id=f"{kind}_seed")
+                                c["random_seed"] = gr.Button("🎲", size="sm", elem_id=f"{kind}_random_seed", scale=0,
+                                                             min_width=40)
+                                c["reuse_seed"] = gr.Button("♻️", size="sm", elem_id=f"{kind}_reuse_seed", scale=0,
+                                                            min_width=40)
                             with gr.Accordion("Variation seed", open=False), gr.Row():
                                 c["subseed"] = gr.Number(value=-1, precision=0, label="Variation seed",
                                                          elem_id=f"{kind}_subseed")
@@ -232,8 +301,11 @@ def build_ui(state: ServerState) -> gr.Blocks:
                             c["script"] = XYZControls().inputs if kind == "txt2img" else []
                         with gr.Column():
                             c["gallery"] = gr.Gallery(label="Output", columns=2, format="png", elem_id=f"{kind}_gallery",
-                                                      height=420)
+                                                      height=420, object_fit="contain")
                             c["status"] = gr.Markdown(elem_id=f"{kind}_status")
+                            with gr.Row():
+                                other = "txt2img" if kind == "img2img" else "img2img"
+                                c["send"] = gr.Button(f"Send to {other}", size="sm", elem_id=f"{kind}_send_to_{other}")
                             c["info"] = gr.Textbox(label="Generation info", lines=4, elem_id=f"{kind}_info", buttons=["copy"])
                     tabs[kind] = c
 
@@ -244,6 +316,9 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                            elem_id="hn_target")
                     multiplier = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Multiplier", elem_id="hn_multiplier")
                     refresh = gr.Button("Refresh", elem_id="hn_refresh", size="sm")
+                with gr.Row():
+                    search = gr.Textbox(label="Search", placeholder="part of a name", elem_id="hn_search", scale=3)
+                    sort = gr.Radio(["Name", "Date modified"], value="Name", label="Sort by", elem_id="hn_sort")
                 card_names = gr.State([])
                 gallery = gr.Gallery(label="Hypernetworks", columns=6, fit_columns=False, allow_preview=False,
                                      elem_id="hn_cards", height="auto", object_fit="contain")
@@ -253,9 +328,9 @@ def build_ui(state: ServerState) -> gr.Blocks:
             network_tabs(state, tabs, _placeholder_card)  # Lora and Textual Inversion cards
 
             # ---------------------------------------------------------------- Train
-            with gr.Tab("Train", id="train"):
+            with gr.Tab("Train", id="train") as train_tab:
                 with gr.Tab("Create hypernetwork", id="train_create"):
-                    widths = _context_widths(state.model.generator.pipe)
+                    widths = network_widths(state.model.generator.pipe, state.model.generator.info.text_widths)
                     C = CreateSettings
                     create: dict[str, Any] = {}
                     create["name"] = component(C, "name", elem_id="create_name")
@@ -286,6 +361,20 @@ def build_ui(state: ServerState) -> gr.Blocks:
                         png_text = gr.Textbox(label="Parameters", lines=6, elem_id="pnginfo_text", buttons=["copy"])
                         png_to_txt2img = gr.Button("Send to txt2img", elem_id="pnginfo_send_txt2img")
                         png_parsed = gr.JSON(label="Parsed", elem_id="pnginfo_parsed")
+                        png_to_img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img")
+
+            # ---------------------------------------------------------------- Settings
+            with gr.Tab("Settings", id="settings"):
+                with gr.Row():
+                    set_hn = gr.Dropdown(["None"], value="None", label="Add hypernetwork to prompt",
+                                         elem_id="setting_sd_hypernetwork", allow_custom_value=False)
+                    set_mult = gr.Slider(0.0, 2.0, step=0.01, value=float(state.option("extra_networks_default_multiplier")),
+                                         label="Default multiplier for extra networks",
+                                         elem_id="setting_extra_networks_default_multiplier")
+                    set_clip = gr.Slider(1, 12, step=1, value=int(state.option("CLIP_stop_at_last_layers")),
+                                         label="Clip skip", elem_id="setting_CLIP_stop_at_last_layers")
+                set_apply = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+                set_status = gr.Markdown(elem_id="settings_result")
 
         # -------------------------------------------------------------------- events
         for kind, c in tabs.items():
@@ -318,9 +407,61 @@ def build_ui(state: ServerState) -> gr.Blocks:
                           concurrency_limit=None)
             c["interrupt"].click(state.jobs.interrupt, None, None, queue=False)
             c["skip"].click(state.jobs.skip, None, None, queue=False)
+            c["random_seed"].click(lambda: -1, None, c["seed"], queue=False)
+            c["reuse_seed"].click(_seed_of, c["info"], c["seed"], queue=False)
 
-        def show_cards() -> tuple[Any, list[str], str]:
-            items, names, summary = cards()
+        pasted = ["prompt", "negative_prompt", "steps", "sampler_name", "cfg_scale", "seed", "width", "height"]
+
+        def send(info: str, gallery_value: Any, to_img2img: bool) -> list[Any]:
+            """A1111's "Send to": the parameters (and, to img2img, the first image) into the other tab."""
+            values = _pasted_fields(info)
+            out = [values.get(k, gr.skip()) for k in pasted]
+            if to_img2img:
+                first = (gallery_value or [None])[0]
+                image = first[0] if isinstance(first, (list, tuple)) else first
+                out.append(Image.open(image) if isinstance(image, str) else (image if image is not None else gr.skip()))
+            return out + [gr.Tabs(selected="img2img" if to_img2img else "txt2img")]
+
+        targets = {k: [tabs[k][n] for n in pasted] for k in tabs}
+        tabs["txt2img"]["send"].click(lambda i, g: send(i, g, True), [tabs["txt2img"]["info"], tabs["txt2img"]["gallery"]],
+                                      targets["img2img"] + [tabs["img2img"]["init_image"], main_tabs])
+        tabs["img2img"]["send"].click(lambda i, g: send(i, g, False), [tabs["img2img"]["info"], tabs["img2img"]["gallery"]],
+                                      targets["txt2img"] + [main_tabs])
+        png_to_img.click(lambda i, path: send(i, [path] if path else None, True), [png_text, png_image],
+                         targets["img2img"] + [tabs["img2img"]["init_image"], main_tabs])
+
+        def settings_choices() -> Any:
+            return gr.update(choices=["None", *state.model.generator.available()], value=state.option("sd_hypernetwork"))
+
+        def apply_settings(hn: str, mult: float, clip: float) -> str:
+            try:
+                state.set_options({"sd_hypernetwork": hn or "None", "extra_networks_default_multiplier": mult,
+                                   "CLIP_stop_at_last_layers": int(clip)})
+            except HypernetError as e:
+                return f"**Error:** {e}"
+            return "Settings applied."
+
+        ui.load(settings_choices, None, set_hn, show_progress="hidden")
+        set_apply.click(apply_settings, [set_hn, set_mult, set_clip], set_status)
+
+        def checkpoint_titles() -> Any:
+            state.scan_checkpoints()
+            return gr.update(choices=[c.title for c in state.checkpoints], value=state.model.checkpoint.title)
+
+        def switch_checkpoint(title: str) -> tuple[Any, ...]:
+            """Load the chosen checkpoint through the job queue (never during a generation), then take its defaults."""
+            try:
+                chosen = state.find_checkpoint(title)
+                state.jobs.run("load-checkpoint", lambda job: state.switch_model(chosen))
+            except HypernetError as e:
+                raise _user_error(e) from None
+            return (checkpoint_titles(), f"## hypernet · {state.model.checkpoint.title}", *model_values())
+
+        checkpoint_refresh.click(checkpoint_titles, None, checkpoint, show_progress="hidden")
+        ui.load(checkpoint_titles, None, checkpoint, show_progress="hidden")  # no overlay on the dropdown
+
+        def show_cards(search: str, sort: str) -> tuple[Any, list[str], str]:
+            items, names, summary = cards(search, sort)
             return items, names, summary
 
         def insert_tag(names: list[str], target: str, weight: float, txt_prompt: str, img_prompt: str,
@@ -328,27 +469,38 @@ def build_ui(state: ServerState) -> gr.Blocks:
             name = names[evt.index] if 0 <= evt.index < len(names) else None
             if name is None:
                 return gr.skip(), gr.skip()
-            tag = f"<hypernet:{name}:{weight:g}>"
             if target == "img2img":
-                return gr.skip(), f"{img_prompt} {tag}".strip()
-            return f"{txt_prompt} {tag}".strip(), gr.skip()
+                return gr.skip(), toggle_tag(img_prompt, name, weight)
+            return toggle_tag(txt_prompt, name, weight), gr.skip()
 
-        for trigger in (refresh.click, hn_tab.select, ui.load):
-            trigger(show_cards, None, [gallery, card_names, table])
+        for trigger in (refresh.click, hn_tab.select, ui.load, search.submit, sort.change):
+            trigger(show_cards, [search, sort], [gallery, card_names, table])
+        for trigger in (train_tab.select, ui.load):  # networks made or copied in since the page was built
+            trigger(train_parts.refresh, None, train_parts.hypernetwork, show_progress="hidden")
         ui.load(lambda: f"## hypernet · {state.model.checkpoint.title}", None, header)  # the model may have changed
+        follow_model = [c[k] for c in tabs.values() for k in ("sampler_name", "steps", "width", "height", "cfg_scale")]
+
+        def model_values() -> list[Any]:
+            d = state.model.generator.defaults
+            return [d.sampler_name, d.steps, d.width, d.height, d.cfg_scale] * len(tabs)
+
+        # (not on page load: it would race a user who starts typing; a model switch from the UI updates them)
+        checkpoint.input(switch_checkpoint, checkpoint, [checkpoint, header, *follow_model], show_progress="minimal")
         gallery.select(insert_tag, [card_names, insert_into, multiplier, tabs["txt2img"]["prompt"], tabs["img2img"]["prompt"]],
                        [tabs["txt2img"]["prompt"], tabs["img2img"]["prompt"]])
 
         def on_create(*values: Any) -> tuple[str, Any, list[str], str, Any]:
             body = dict(zip(create, values))  # field name -> value: CreateSettings reads the text lists itself
+            search, sort = values[len(create):]
             try:
                 path = create_hypernetwork(state, body)
-            except HypernetError as e:
-                raise _user_error(e) from None
-            items, names, summary = cards()
+            except HypernetError as e:  # in the status line: an error overlay would sit on every output until reload
+                return f"**Error:** {e}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            items, names, summary = cards(search, sort)
             return f"Created {path}", items, names, summary, gr.update(choices=list(state.model.generator.available()))
 
-        create_button.click(on_create, list(create.values()), [create_status, gallery, card_names, table, train_parts.hypernetwork])
+        create_button.click(on_create, [*create.values(), search, sort],
+                            [create_status, gallery, card_names, table, train_parts.hypernetwork])
 
         def on_png(path: str | None) -> tuple[str, dict[str, Any]]:
             if not path:
@@ -390,7 +542,9 @@ class TrainingTabs:
     def __init__(self, state: ServerState, txt2img: dict[str, Any]) -> None:
         from hypernet.train.dataset import available_templates
 
-        defaults = TrainSettings()
+        # the loaded model's training defaults (its native size; what its checkpoint records), else A1111's
+        defaults = TrainSettings(**{name: value for name, value in state.model.generator.defaults.training().items()
+                                    if name in TrainSettings.model_fields})
         data_dir, log_dir = state.config.data_dir, state.config.log_dir
         with gr.Tab("Preprocess images", id="train_preprocess"):
             gr.Markdown(f"Folders are relative to the data folder `{data_dir}`.", elem_classes="hn-note")
@@ -401,7 +555,8 @@ class TrainingTabs:
             pre: dict[str, Any] = {}
             with gr.Row():
                 for name in ("width", "height"):
-                    pre[name] = component(P, name, maximum=2048, step=8, elem_id=f"pre_{name}")
+                    pre[name] = component(P, name, value=getattr(defaults, f"training_{name}"), maximum=2048, step=8,
+                                          elem_id=f"pre_{name}")
                 pre["existing_caption"] = component(P, "existing_caption", elem_id="pre_txt")
             with gr.Row():
                 for name, elem_id in (("flip", "pre_flip"), ("split", "pre_split"), ("focal_crop", "pre_focal"),
@@ -419,51 +574,53 @@ class TrainingTabs:
                         "in the same queue as generation: images wait until it ends or is interrupted.",
                         elem_classes="hn-note")
             with gr.Row():
-                self.hypernetwork = gr.Dropdown(list(state.model.generator.available()), label="Hypernetwork",
+                # nothing preselected: the first network found may well not fit this model
+                self.hypernetwork = gr.Dropdown(list(state.model.generator.available()), value=None, label="Hypernetwork",
                                                 elem_id="train_hypernetwork", allow_custom_value=False)
                 train_refresh = gr.Button("Refresh", size="sm", elem_id="train_refresh")
             T = TrainSettings
             train: dict[str, Any] = {}
             with gr.Row():
-                train["learn_rate"] = component(T, "learn_rate", elem_id="train_lr")
-                train["batch_size"] = component(T, "batch_size", number=True, elem_id="train_batch_size")
-                train["gradient_step"] = component(T, "gradient_step", number=True, elem_id="train_grad_step")
+                train["learn_rate"] = component(T, "learn_rate", value=defaults.learn_rate, elem_id="train_lr")
+                train["batch_size"] = component(T, "batch_size", value=defaults.batch_size, number=True, elem_id="train_batch_size")
+                train["gradient_step"] = component(T, "gradient_step", value=defaults.gradient_step, number=True, elem_id="train_grad_step")
             with gr.Row():
-                train["data_root"] = component(T, "data_root", elem_id="train_data")
+                train["data_root"] = component(T, "data_root", value=defaults.data_root, elem_id="train_data")
                 train["log_directory"] = component(T, "log_directory", value=".", elem_id="train_log")
                 train["template_filename"] = gr.Dropdown(sorted(available_templates(None)),
                                                          value=defaults.template_filename,
                                                          label=T.surface("template_filename").ui,
                                                          elem_id="train_template")
             with gr.Row():
-                train["training_width"] = component(T, "training_width", minimum=64, maximum=2048, step=8,
+                train["training_width"] = component(T, "training_width", value=defaults.training_width, minimum=64, maximum=2048, step=8,
                                                     elem_id="train_width")
-                train["training_height"] = component(T, "training_height", minimum=64, maximum=2048, step=8,
+                train["training_height"] = component(T, "training_height", value=defaults.training_height, minimum=64, maximum=2048, step=8,
                                                      elem_id="train_height")
-                train["varsize"] = component(T, "varsize", elem_id="train_varsize")
+                train["varsize"] = component(T, "varsize", value=defaults.varsize, elem_id="train_varsize")
             with gr.Row():
-                train["steps"] = component(T, "steps", number=True, elem_id="train_steps")
-                train["save_hypernetwork_every"] = component(T, "save_hypernetwork_every", number=True,
+                train["steps"] = component(T, "steps", value=defaults.steps, number=True, elem_id="train_steps")
+                train["save_hypernetwork_every"] = component(T, "save_hypernetwork_every", value=defaults.save_hypernetwork_every, number=True,
                                                              elem_id="train_save_every")
-                train["create_image_every"] = component(T, "create_image_every", number=True,
+                train["create_image_every"] = component(T, "create_image_every", value=defaults.create_image_every, number=True,
                                                         elem_id="train_image_every")
             with gr.Row():
-                train["clip_grad_mode"] = component(T, "clip_grad_mode", elem_id="train_clip_mode")
-                train["clip_grad_value"] = component(T, "clip_grad_value", elem_id="train_clip_value")
-                train["shuffle_tags"] = component(T, "shuffle_tags", elem_id="train_shuffle")
-                train["tag_drop_out"] = component(T, "tag_drop_out", step=0.1, elem_id="train_dropout")
-                train["latent_sampling_method"] = component(T, "latent_sampling_method", elem_id="train_sampling")
-                train["use_weight"] = component(T, "use_weight", elem_id="train_use_weight")
-            from_txt2img = component(T, "preview_from_txt2img", elem_id="train_from_txt2img")
+                train["clip_grad_mode"] = component(T, "clip_grad_mode", value=defaults.clip_grad_mode, elem_id="train_clip_mode")
+                train["clip_grad_value"] = component(T, "clip_grad_value", value=defaults.clip_grad_value, elem_id="train_clip_value")
+                train["shuffle_tags"] = component(T, "shuffle_tags", value=defaults.shuffle_tags, elem_id="train_shuffle")
+                train["tag_drop_out"] = component(T, "tag_drop_out", value=defaults.tag_drop_out, step=0.1, elem_id="train_dropout")
+                train["latent_sampling_method"] = component(T, "latent_sampling_method", value=defaults.latent_sampling_method, elem_id="train_sampling")
+                train["use_weight"] = component(T, "use_weight", value=defaults.use_weight, elem_id="train_use_weight")
+            from_txt2img = component(T, "preview_from_txt2img", value=defaults.preview_from_txt2img, elem_id="train_from_txt2img")
             with gr.Row():
                 train_button = gr.Button("Train Hypernetwork", variant="primary", elem_id="train_button")
                 interrupt = gr.Button("Interrupt", elem_id="train_interrupt")
             status = gr.Markdown(elem_id="train_status")
+            progress = gr.HTML(elem_id="train_progress")
             with gr.Row():
-                chart = gr.LinePlot(x="step", y="loss", title="Loss", elem_id="train_loss", height=260)
+                chart = gr.LinePlot(x="step", y="loss", color="series", title="Loss", elem_id="train_loss", height=260)
                 preview = gr.Image(label="Latest preview", type="pil", elem_id="train_preview", height=260,
                                    interactive=False)
-            seen = gr.State((0, None, ""))  # (losses shown, preview shown, status shown)
+            seen = gr.State((0, None, "", None))  # (losses shown, preview shown, status shown, superseded run)
             timer = gr.Timer(1.0)
 
         def on_preprocess(src: str, dst: str, *values: Any) -> str:
@@ -483,7 +640,7 @@ class TrainingTabs:
         preview_keys = ("preview_prompt", "preview_negative_prompt", "preview_sampler_name", "preview_steps",
                         "preview_cfg_scale", "preview_seed", "preview_width", "preview_height")
 
-        def on_train(name: str, use_txt2img: bool, *values: Any) -> str:
+        def on_train(name: str, use_txt2img: bool, *values: Any) -> tuple[str, str, Any]:
             from hypernet.server.hypernetworks import train_config, training_job
 
             body: dict[str, Any] = {"hypernetwork_name": name or "", "preview_from_txt2img": use_txt2img}
@@ -494,19 +651,23 @@ class TrainingTabs:
                 config = train_config(state, body)
             except HypernetError as e:
                 raise _user_error(e) from None
+            previous = id(state.last_training) if state.last_training is not None else None
             state.jobs.submit("train-hypernetwork", training_job(state, config))
-            return f"Training {config.name} queued..."
+            # the status shows this run from now on, not the previous run's last message
+            return f"Training {config.name} queued...", "", (0, None, "", previous)
 
         txt_inputs = [txt2img[k] for k in ("prompt", "negative_prompt", "sampler_name", "steps", "cfg_scale", "seed",
                                            "width", "height")]
-        train_button.click(on_train, [self.hypernetwork, from_txt2img, *train.values(), *txt_inputs], status)
+        train_button.click(on_train, [self.hypernetwork, from_txt2img, *train.values(), *txt_inputs],
+                           [status, progress, seen])
         interrupt.click(state.jobs.interrupt, None, None, queue=False)
-        train_refresh.click(lambda: gr.update(choices=list(state.model.generator.available())), None, self.hypernetwork)
+        self.refresh = lambda: gr.update(choices=list(state.model.generator.available()))
+        train_refresh.click(self.refresh, None, self.hypernetwork)
 
-        def on_tick(shown: tuple[int, Any, str]) -> tuple[Any, Any, Any, tuple[int, Any, str]]:
+        def on_tick(shown: tuple[int, Any, str, Any]) -> tuple[Any, Any, Any, Any, tuple[int, Any, str, Any]]:
             record = state.last_training
-            if record is None:
-                return gr.skip(), gr.skip(), gr.skip(), shown
+            if record is None or id(record) == shown[3]:  # nothing yet, or the run a queued one replaces
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), shown
             live, losses, result = record.live, record.losses, record.result
             if result is not None:
                 text = result.message
@@ -514,7 +675,7 @@ class TrainingTabs:
                 text = f"Training failed: {record.error}"
             else:
                 loss = f", loss {live['loss_avg']:.6f}" if live.get("loss_avg") is not None else ""
-                text = live.get("message") or f"Training {live['name']}: step {live['step']}/{live['final_step']}{loss}"
+                text = live.get("message") or f"Training {live['name']}: step {live['step']} of {live['final_step']}{loss}"
             job = state.jobs.current
             png = job.preview_png if job is not None and job.name == "train-hypernetwork" else record.preview_png
             count = len(losses)
@@ -522,11 +683,16 @@ class TrainingTabs:
             if count != shown[0]:
                 import pandas as pd
 
-                chart_value = pd.DataFrame(list(losses[:count]), columns=["step", "loss"])
+                steps_, values = [s for s, _ in losses[:count]], [v for _, v in losses[:count]]
+                window, mean = moving_average(values)
+                chart_value = pd.DataFrame({"step": steps_ * 2, "loss": values + mean,
+                                            "series": ["loss"] * count + [f"moving average of {window}"] * count})
             png_id = id(png) if png is not None else None
             preview_value = Image.open(io.BytesIO(png)) if png is not None and png_id != shown[1] else gr.skip()
             status_value = text if text != shown[2] else gr.skip()
-            return chart_value, preview_value, status_value, (count, png_id, text)
+            bar = (_progress_html(live["step"], live.get("start_step", 0), live["final_step"], live.get("eta_s"),
+                                  live.get("it_per_s")) if live.get("final_step") else "")
+            return chart_value, preview_value, status_value, bar, (count, png_id, text, None)
 
-        timer.tick(on_tick, seen, [chart, preview, status, seen], show_progress="hidden")
+        timer.tick(on_tick, seen, [chart, preview, status, progress, seen], show_progress="hidden")
 

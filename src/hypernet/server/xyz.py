@@ -14,6 +14,7 @@ from typing import Any
 
 from hypernet.engine.generate import Hooks, Settings
 from hypernet.engine.infotext import save_image
+from hypernet.fileio import next_number
 from hypernet.errors import HypernetError
 from hypernet.grid.axes import parse_axis
 from hypernet.grid.plot import Options, Plot, PlotResult, check_plot, run_plot
@@ -109,7 +110,7 @@ def save_plot_images(state: ServerState, result: PlotResult, fmt: str) -> None:
     for kind, items in (("txt2img-images", list(zip(result.cells, result.cell_infotexts))), ("txt2img-grids", grids)):
         folder = outputs / kind / day
         folder.mkdir(parents=True, exist_ok=True)
-        start = len(list(folder.iterdir()))
+        start = next_number(folder)  # never over an earlier image, even after deletions
         for i, (image, text) in enumerate(items):
             name = f"{start + i:05d}-{'xyz_grid' if kind == 'txt2img-grids' else 'cell'}.{fmt}"
             save_image(image, folder / name, text or None)

@@ -1,16 +1,18 @@
 """Every setting hypernet accepts, defined once per family with its limits (see ``base`` for how surfaces derive).
 
 Families: :class:`CreateSettings` (a new network), :class:`GenerateSettings` (txt2img/img2img),
-:class:`TrainSettings` (a training run), :class:`PreprocessSettings` (preparing images) and
-:class:`ServerOptions` (A1111's ``/options``). The CLI options, HTTP request models, web UI inputs and README tables
-are derived from these models; :mod:`hypernet.settings.limits` holds the caps.
+:class:`TrainSettings` (a training run), :class:`PreprocessSettings` (preparing images), :class:`ServerOptions`
+(A1111's ``/options``) and :class:`Folders` (where models and networks are found). The CLI options, HTTP request
+models, web UI inputs and README tables are derived from these models; :mod:`hypernet.settings.limits` holds the
+caps.
 """
 
 from hypernet.settings.base import On, SettingsError, SettingsModel, refusal, sentence
 from hypernet.settings.create import CreateSettings
+from hypernet.settings.folders import Folders
 from hypernet.settings.generate import GenerateSettings
 from hypernet.settings.preprocess import PreprocessSettings
 from hypernet.settings.train import TrainSettings
 
-__all__ = ["CreateSettings", "GenerateSettings", "On", "PreprocessSettings", "SettingsError", "SettingsModel",
+__all__ = ["CreateSettings", "Folders", "GenerateSettings", "On", "PreprocessSettings", "SettingsError", "SettingsModel",
            "TrainSettings", "refusal", "sentence"]

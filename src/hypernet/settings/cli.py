@@ -13,9 +13,11 @@ Every option defaults to "not given" (``None``): the model's default applies, an
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -111,6 +113,19 @@ def model_parameters(model: type[SettingsModel], *, optional: Sequence[str] = ()
     return params
 
 
+def field_option(model: type[SettingsModel], name: str) -> Any:
+    """The typer option of one field, for a command written by hand: ``Annotated[Path, field_option(Folders,
+    "lora_dir")] = field_default(Folders, "lora_dir")`` (flags and help from the field)."""
+    info = model.model_fields[name]
+    return typer.Option(*surface_of(info).flags(name), help=help_text(info))
+
+
+def field_default(model: type[SettingsModel], name: str, kind: Callable[[Any], Any] | None = None) -> Any:
+    """The field's default, converted with ``kind`` (e.g. ``Path``) when given."""
+    default = model.model_fields[name].get_default(call_default_factory=True)
+    return default if kind is None else kind(default)
+
+
 def option(name: str, kind: Any, default: Any, *flags: str, help: str, **extra: Any) -> inspect.Parameter:
     """A command-line-only option (a path, a device) for :func:`command`'s ``extra``."""
     spec = typer.Option(*flags, help=help, **extra)
@@ -155,6 +170,10 @@ def command(model: type[SettingsModel], run: Callable[..., Any], *, extra: Seque
 def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> None:
     """Run a typer app as a command: usage mistakes and user errors print one line and exit 2 (``--debug``, before
     or after the command name, shows the traceback of a user error instead); Ctrl-C exits 130."""
+    # Notes every run would print and no user can act on: transformers' "requires torchvision" and "sequence length
+    # is longer than" (prompts are chunked as A1111 does), torchsde's float rounding at interval ends.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", message="Should have t[ab]")
     args, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     try:
         code = app(args=args, prog_name=prog_name, standalone_mode=False)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -20,7 +19,7 @@ Activation = Literal[
     "softmax2d", "softmin", "softplus", "softshrink", "softsign", "tanhshrink",
 ]
 WeightInit = Literal["Normal", "XavierUniform", "XavierNormal", "KaimingUniform", "KaimingNormal"]
-NAME_PATTERN = re.compile(r"[A-Za-z0-9._\- ]+")
+NAME_EXTRA_CHARS = "._- "  # besides letters and digits of any script (A1111 keeps what str.isalnum() accepts)
 
 
 def parse_number_list(value: Any) -> Any:
@@ -45,13 +44,13 @@ def parameter_count(widths: list[int], layers: list[float], layer_norm: bool) ->
 class CreateSettings(SettingsModel):
     """A new network's shape; the defaults are A1111's."""
 
-    name: Annotated[str, Field(min_length=1, max_length=200, description="The network's name and file stem: letters, "
-                                                                         "digits and '._- ' only."),
+    name: Annotated[str, Field(min_length=1, max_length=200, description="The network's name and file stem: letters "
+                                                                         "(of any script), digits and '._- ' only."),
                     On(cli=("NAME",), ui="Name")] = ""
     enable_sizes: Annotated[list[Annotated[int, Field(ge=1, le=L.MAX_NETWORK_WIDTH)]],
                             Field(min_length=1, max_length=L.MAX_NETWORK_WIDTHS,
                                   description="Context widths to give modules to (SD1: 768, 320, 640, 1280; SD2: 1024, "
-                                              "...)."),
+                                              "...); the command line's default is the widths of --model."),
                             On(cli=("--sizes",), ui="Modules for these widths",
                                expect=f"1 to {L.MAX_NETWORK_WIDTHS} widths, each from 1 to {L.MAX_NETWORK_WIDTH}")
                             ] = list(DEFAULT_WIDTHS)
@@ -93,7 +92,8 @@ class CreateSettings(SettingsModel):
     @field_validator("name", mode="after")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if value.strip() in ("", ".", "..") or not NAME_PATTERN.fullmatch(value) or value != value.strip():
+        plain = all(ch.isalnum() or ch in NAME_EXTRA_CHARS for ch in value)
+        if value.strip() in ("", ".", "..") or not plain or value != value.strip():
             raise ValueError(f"name {value!r} is not a plain file name; use letters, digits and '._- ' only, "
                              "without leading or trailing spaces (A1111 would silently rename it).")
         return value

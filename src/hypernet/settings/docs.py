@@ -52,12 +52,13 @@ def limits_table() -> str:
         ("CFG scale", f"0 to {L.MAX_CFG:g}"),
         ("training steps", f"1 to {L.MAX_TRAIN_STEPS:,}"),
         ("training batch size, gradient accumulation", f"1 to {L.MAX_TRAIN_BATCH}, 1 to {L.MAX_GRADIENT_STEPS}"),
-        ("network widths", f"1 to {L.MAX_NETWORK_WIDTHS} widths, each 1 to {L.MAX_NETWORK_WIDTH}"),
+        ("network widths", f"1 to {L.MAX_NETWORK_WIDTHS} widths, each 1 to {L.MAX_NETWORK_WIDTH}; over HTTP and in "
+                           "the web UI at most the loaded model's widest attention context"),
         ("layer structure", f"2 to {L.MAX_LAYER_ENTRIES} entries, each above 0 and at most {L.MAX_LAYER_MULTIPLIER:g}; "
                             "no layer of width 0"),
         ("network size", f"at most {L.MAX_NETWORK_PARAMETERS:,} parameters (1 GiB of fp32)"),
         ("preprocess target side", f"64 to {L.MAX_PREPROCESS_SIDE}, a multiple of 8"),
-        ("decoded input images (init images, PNG info, --init-image)",
+        ("decoded input images (init images, PNG info, --init-image, training and preprocessing data)",
          f"{L.MAX_INPUT_PIXELS:,} pixels (8192x8192), read from the header before decoding"),
         ("seeds", L.SEED_EXPECT),
         ("numbers", "finite only: NaN and infinity are refused everywhere"),
@@ -69,6 +70,7 @@ def limits_table() -> str:
 def tables() -> dict[str, Callable[[], str]]:
     """Marker name -> table writer."""
     from hypernet.settings.create import CreateSettings
+    from hypernet.settings.folders import Folders
     from hypernet.settings.generate import GenerateSettings
     from hypernet.settings.preprocess import PreprocessSettings
     from hypernet.settings.train import TrainSettings
@@ -79,6 +81,7 @@ def tables() -> dict[str, Callable[[], str]]:
         "generate": lambda: settings_table(GenerateSettings),
         "train": lambda: settings_table(TrainSettings),
         "preprocess": lambda: settings_table(PreprocessSettings),
+        "folders": lambda: settings_table(Folders),
     }
 
 

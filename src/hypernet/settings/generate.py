@@ -11,6 +11,8 @@ from hypernet.settings.base import On, SettingsModel
 
 Seed = Annotated[int, Field(ge=-1, le=L.SEED_MAX), On(expect=L.SEED_EXPECT)]
 _SIZE_PAIR = "set with its partner as one WIDTHxHEIGHT option"
+# the HTTP API keeps A1111's defaults (its clients rely on them); the others follow the model (engine.model_defaults)
+_MODEL_DEFAULT = "; the command line, web UI and Python API default to the loaded model's."
 
 
 def _side(help: str, flag: str, label: str) -> object:
@@ -26,13 +28,15 @@ class GenerateSettings(SettingsModel):
     negative_prompt: Annotated[str, Field(max_length=L.MAX_PROMPT_CHARS, description="Negative prompt (tags in it "
                                           "stay literal text)."),
                                On(cli=("--negative",), ui="Negative prompt")] = ""
-    sampler_name: Annotated[str, Field(max_length=100, description="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'."),
+    sampler_name: Annotated[str, Field(max_length=100, description="A1111 sampler name, e.g. 'DPM++ 2M', 'Euler a'"
+                                                          f"{_MODEL_DEFAULT}"),
                             On(cli=("--sampler",), ui="Sampling method")] = "DPM++ 2M"
     scheduler: Annotated[str, Field(max_length=100, description="Schedule type: Automatic, Karras, Exponential, ..."),
                          On(ui="Schedule type")] = "Automatic"
-    steps: Annotated[int, Field(ge=1, le=L.MAX_STEPS, description="Sampling steps."),
+    steps: Annotated[int, Field(ge=1, le=L.MAX_STEPS, description=f"Sampling steps{_MODEL_DEFAULT}"),
                      On(ui="Sampling steps")] = 20
-    cfg_scale: Annotated[float, Field(ge=0, le=L.MAX_CFG, description="CFG scale: how strongly the prompt steers."),
+    cfg_scale: Annotated[float, Field(ge=0, le=L.MAX_CFG, description="CFG scale: how strongly the prompt steers"
+                                                                        f"{_MODEL_DEFAULT}"),
                          On(cli=("--cfg",), ui="CFG scale")] = 7.0
     seed: Annotated[int, Field(ge=-1, le=L.SEED_MAX, description="Seed; -1 draws a random one."),
                     On(ui="Seed (-1: random)", expect=L.SEED_EXPECT)] = -1
@@ -68,6 +72,22 @@ class GenerateSettings(SettingsModel):
                            On(cli=("--hr-resize",), ui=None, why="the UI sizes the hires pass with 'Upscale by'")] = 0
     hr_resize_y: Annotated[int, Field(ge=0, le=L.MAX_SIDE, description="Hires height (0: from hr_scale)."),
                            On(cli=("--hr-resize",), ui=None, why="the UI sizes the hires pass with 'Upscale by'")] = 0
+    hr_upscaler: Annotated[str | None, Field(max_length=200, description="Hires upscaler: Latent (the default), "
+                                             "Latent (antialiased), Latent (bicubic), Latent (bicubic antialiased), "
+                                             "Latent (nearest), Latent (nearest-exact), None, Lanczos, Nearest, or an "
+                                             "ESRGAN model's file name without extension in the ESRGAN folder."),
+                           On(cli=("--hr-upscaler",), ui="Upscaler")] = None
+    hr_sampler_name: Annotated[str | None, Field(max_length=100, description="Hires sampler (default: the first "
+                                                 "pass's)."),
+                               On(cli=("--hr-sampler",), ui="Hires sampling method")] = None
+    hr_scheduler: Annotated[str | None, Field(max_length=100, description="Hires schedule type (default: the first "
+                                              "pass's)."),
+                            On(cli=("--hr-scheduler",), ui="Hires schedule type")] = None
+    hr_prompt: Annotated[str, Field(max_length=L.MAX_PROMPT_CHARS, description="Hires prompt (default: the "
+                                    "prompt)."), On(cli=("--hr-prompt",), ui="Hires prompt")] = ""
+    hr_negative_prompt: Annotated[str, Field(max_length=L.MAX_PROMPT_CHARS, description="Hires negative prompt "
+                                             "(default: the negative prompt)."),
+                                  On(cli=("--hr-negative",), ui="Hires negative prompt")] = ""
 
     @model_validator(mode="after")
     def _limits(self) -> GenerateSettings:

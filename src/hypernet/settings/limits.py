@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from hypernet.imageio import MAX_DECODED_PIXELS
+
 SEED_MAX: Final = 2**32 - 1  # A1111's seeds live in 0..2^32-1 (numpy's RandomState range); -1 means random
 SEED_EXPECT: Final = f"-1 (random) or a whole number from 0 to {SEED_MAX}"
 
@@ -33,6 +35,7 @@ MAX_LAYER_MULTIPLIER: Final = 16.0
 MAX_NETWORK_PARAMETERS: Final = 256 * 1024 * 1024  # 1 GiB of fp32 weights
 
 MAX_PREPROCESS_SIDE: Final = 4096
-MAX_INPUT_PIXELS: Final = 8192 * 8192  # decoded images (init images, PNG info, training data), checked from the header
+# decoded images (init images, PNG info, training and preprocessing data), checked from the header
+MAX_INPUT_PIXELS: Final = MAX_DECODED_PIXELS
 
 MAX_PROMPT_CHARS: Final = 100_000

@@ -11,8 +11,8 @@ from pydantic import Field, field_validator, model_validator
 from hypernet.defaults import A1111_HYPERNETWORK_DIR, TRAIN_PRECISIONS
 from hypernet.settings import limits as L
 from hypernet.settings.base import On, SettingsModel
+from hypernet.settings.folders import SERVER_DECIDES, HypernetworkDir
 
-SERVER_DECIDES = "paths and devices come from the server's configuration, never from a request"
 A1111_SETTING = "an A1111 setting: the server takes it from /options"
 _EXAMPLE = '"5e-5:100, 5e-6:1500, 5e-7"'
 
@@ -173,14 +173,13 @@ class TrainSettings(SettingsModel):
 
     # ---- hypernet ----------------------------------------------------------------------------------------------
     model: Annotated[str | None, Field(max_length=4096, description="Checkpoint (.safetensors/.ckpt), diffusers "
-                                       "folder or Hub id; default: hypernet's embedded toy model (and 64x64)."),
+                                       "folder or Hub id; default: hypernet's embedded toy model. On the command line, settings the "
+                                       "checkpoint records (the toy model: 64x64, 300 steps, its rate, batch and "
+                                       "template) replace A1111's defaults."),
                      On(ui=None, api=False, why=SERVER_DECIDES)] = None
     vae: Annotated[str | None, Field(max_length=4096, description="Separate VAE file."),
                    On(ui=None, api=False, why=SERVER_DECIDES)] = None
-    hypernetwork_dir: Annotated[str, Field(max_length=4096, description="Where NAME is found and the final network "
-                                           "is saved."),
-                                On(cli=("--hypernetwork-dir", "--dir"), ui=None, api=False, why=SERVER_DECIDES)
-                                ] = str(A1111_HYPERNETWORK_DIR)
+    hypernetwork_dir: HypernetworkDir = str(A1111_HYPERNETWORK_DIR)
     templates_dir: Annotated[str | None, Field(max_length=4096, description="More template files (looked up by "
                                                "file name)."),
                              On(ui=None, api=False, why=SERVER_DECIDES)] = None

@@ -15,6 +15,13 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from hypernet.engine.checkpoints import assemble_pipeline, family_configs
 
 TEXT_WIDTH = 32  # the toy world has 20 words; 32 keeps the (full-vocabulary) token table at 3 MB in fp16
+# written into the checkpoint's metadata (see hypernet.engine.model_defaults): the settings its figures were measured
+# with (toy.evaluate's sampler, steps and CFG; the demo's style training), so every front end starts from them
+RECORDED_DEFAULTS = {
+    "txt2img": {"width": 64, "height": 64, "sampler_name": "DPM++ 2M", "steps": 20, "cfg_scale": 5.0},
+    "train": {"steps": 300, "learn_rate": "2e-3", "batch_size": 4, "template_filename": "filewords.txt",
+              "create_image_every": 100, "save_hypernetwork_every": 100, "training_write_csv_every": 50},
+}
 
 
 def toy_pipeline(seed: int = 0) -> DiffusionPipeline:

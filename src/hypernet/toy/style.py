@@ -20,8 +20,6 @@ from hypernet.train import TrainConfig, TrainResult, train_hypernetwork
 from hypernet.train.loop import ProgressCallback
 from hypernet.toy.world import Scene, render, sepia, split_scenes, style_score
 
-TEMPLATES = Path(__file__).resolve().parent / "templates"  # "[filewords]": the toy text encoder knows only captions
-
 
 def style_scenes(count: int = 12) -> list[Scene]:
     """``count`` training-split scenes that cover every shape, colour and background."""
@@ -59,6 +57,7 @@ def train_style(
     steps: int = 300,
     learn_rate: str = "2e-3",
     seed: int = 0,
+    latent_sampling_method: str = "deterministic",
     save_every: int = 0,
     stop_when_overcooked: bool = False,
     progress: ProgressCallback | None = None,
@@ -78,12 +77,11 @@ def train_style(
         training_width=64,
         training_height=64,
         steps=steps,
-        latent_sampling_method="deterministic",
+        latent_sampling_method=latent_sampling_method,
         create_image_every=0,
         save_hypernetwork_every=save_every,
         stop_when_overcooked=stop_when_overcooked,
-        template_filename="toy_filewords.txt",
-        templates_dir=str(TEMPLATES),
+        template_filename="filewords.txt",  # "[filewords]": the toy text encoder knows only captions
         hypernetwork_dir=str(hypernetwork_dir),
         training_write_csv_every=50,
         seed=seed,

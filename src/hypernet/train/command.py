@@ -9,15 +9,16 @@ on several processes or GPUs.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE
 from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.settings import cli as settings_cli
 from hypernet.settings.train import TrainSettings
-from hypernet.train.config import TrainConfig
+from hypernet.train.config import WARNING, TrainConfig
 
 if TYPE_CHECKING:  # the loop imports torch and diffusers; the CLI loads it only when training
     from hypernet.train.loop import TrainProgress, TrainResult
@@ -46,21 +47,25 @@ def _train(settings: TrainSettings) -> None:
     values = settings.model_dump()
     TrainConfig(**values).check()  # missing folders and files, before torch and the model load
 
+    from hypernet.engine.model_defaults import checkpoint_defaults
     from hypernet.train.loop import train_hypernetwork
 
     given = settings.model_fields_set
     if settings.model is None:
         Console(stderr=True).print(TOY_NOTE, style="dim", markup=False)
         values["model"] = str(TOY_CHECKPOINT)
-        for name in ("training_width", "training_height"):
-            if name not in given:
-                values[name] = TOY_SIZE
+    # what the user gave, over what the checkpoint records (the toy model: its size, steps, rate, batch, template),
+    # over A1111's defaults
+    recorded = checkpoint_defaults(values["model"]).training()
+    values |= {name: value for name, value in recorded.items()
+               if name not in given and name not in ("preview_width", "preview_height")}
     for preview, training in (("preview_width", "training_width"), ("preview_height", "training_height")):
         if preview not in given:
             values[preview] = values[training]  # previews at the training size unless asked otherwise
     config = TrainConfig(**values)
-    result = train_hypernetwork(config, progress=_ProgressBar())
-    _print_result(result)
+    bar = _ProgressBar()
+    result = train_hypernetwork(config, progress=bar)
+    _print_result(result, shown=bar.shown)
     if result.stopped == "diverged":
         raise typer.Exit(1)
 
@@ -76,15 +81,20 @@ class _ProgressBar:
     def __init__(self) -> None:
         from rich.console import Console
 
-        self.console = Console(stderr=True)
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.bar = None
         self.task = None
+        self.shown: set[str] = set()  # messages printed already (warnings are printed when they happen)
 
     def __call__(self, p: TrainProgress) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         if p.phase == "preparing":
-            self.console.print(p.message)
+            if p.message.startswith(WARNING):
+                self.console.print(f"warning: {p.message.removeprefix(WARNING)}", style="yellow", markup=False)
+                self.shown.add(p.message.removeprefix(WARNING))
+            else:
+                self.console.print(p.message, markup=False)
             return
         if self.bar is None and p.phase != "done":
             self.bar = Progress(
@@ -107,16 +117,20 @@ class _ProgressBar:
             self.bar = None
 
 
-def _print_result(result: TrainResult) -> None:
+def _print_result(result: TrainResult, shown: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     if int(os.environ.get("RANK", "0")) != 0:  # accelerate launch: the main process speaks for all
         return
     from rich.console import Console
 
+    from hypernet.train.outputs import made_files
+
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     for warning in result.warnings:
-        console.print(f"[yellow]warning:[/yellow] {warning}")
-    console.print(result.message)
-    if result.log_directory:
-        console.print(f"Snapshots, previews, loss.png, contact_sheet.png and health.csv: {result.log_directory}")
-        if result.health:
-            console.print(f"Compare the best snapshots side by side: hypernet pick {result.log_directory}")
+        if warning not in shown:
+            console.print(f"warning: {warning}", style="yellow", markup=False)
+    console.print(result.message, markup=False)
+    made = made_files(Path(result.log_directory)) if result.log_directory else []
+    if made:
+        console.print(f"In {result.log_directory}: {', '.join(made)}.", markup=False)
+    if result.health and result.log_directory:
+        console.print(f"Compare the best snapshots side by side: hypernet pick {result.log_directory}", markup=False)

@@ -11,6 +11,10 @@ from hypernet.errors import HypernetError
 from hypernet.settings.train import TrainSettings
 
 
+# A preparing TrainProgress message that starts with this is a warning (printed when it happens, not after the run).
+WARNING = "warning: "
+
+
 class TrainConfig(TrainSettings):
     """One training run. Constructing one checks every value (a one-sentence
     :class:`~hypernet.settings.SettingsError` otherwise); the HTTP API builds one straight from A1111's request body.
@@ -41,6 +45,8 @@ class TrainConfig(TrainSettings):
         if not self.data_root:
             raise HypernetError("data_root is empty; pass the folder of training images (--data).")
         root = Path(self.data_root)
+        if root.is_file():
+            raise HypernetError(f"{root}: is a file; data_root must be the folder of training images.")
         if not root.is_dir():
             raise HypernetError(f"{root}: the dataset folder does not exist (data_root); pass a folder of training images.")
         if not any(root.iterdir()):

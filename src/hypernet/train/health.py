@@ -38,7 +38,6 @@ from hypernet.network import load_hypernetwork
 from hypernet.network.writing import write_optimizer_sidecar
 from hypernet.train.dataset import Batch, Item, TrainingDataset, derive_seed
 
-HEALTH_CSV = "health.csv"
 AUTO_MIN_IMAGES = 20  # the automatic split holds images out only from datasets at least this large
 AUTO_SHARE = 10  # ... one image in ten, at least 2 and at most 8
 TRIPLES_PER_IMAGE = 8  # (noise, timestep) pairs per held-out image; timesteps stratified over the schedule

@@ -34,15 +34,16 @@ from hypernet.engine.attention import attention_widths, install_hypernetworks, i
 from hypernet.engine.checkpoints import ModelInfo, load_pipeline
 from hypernet.engine.conditioning import PromptEncoder
 from hypernet.engine.generate import Generator, Result, Settings
+from hypernet.engine.model_defaults import ModelDefaults, checkpoint_defaults, model_defaults
 from hypernet.errors import HypernetError
 from hypernet.fileio import short_hash
 from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
 from hypernet.sampling import resolve_sampler
-from hypernet.train.config import TrainConfig
+from hypernet.train.config import WARNING, TrainConfig
 from hypernet.train.dataset import Batch, TrainingDataset, build_dataset, derive_seed, pad_and_stack, read_template, resolve_template
-from hypernet.train.health import (HEALTH_CSV, HealthMonitor, SnapshotHealth, Verdict, restore_snapshot,
-                                   split_validation, validation_batches, write_health_csv)
-from hypernet.train.outputs import RunOutputs, run_folder, snapshot_step, snapshots_of
+from hypernet.train.health import (HealthMonitor, SnapshotHealth, Verdict, restore_snapshot, split_validation,
+                                   validation_batches, write_health_csv)
+from hypernet.train.outputs import HEALTH_CSV, RunOutputs, run_folder, snapshot_step, snapshots_of
 from hypernet.train.schedule import LearnRateSchedule
 
 PREVIEW_DEFAULTS = {"sampler_name": "Euler a", "steps": 20, "cfg_scale": 7.0}  # A1111's processing defaults
@@ -285,6 +286,8 @@ def prepare(
     (VAE and text encodings cached), the optimizer and the log folder. ``cleanup`` puts a caller's pipeline back as
     it was (devices, scheduler, checkpointing, hooks)."""
     c, warnings = config, []
+    if info is not None or c.model:  # what the checkpoint records (the toy model: its steps, rate, batch, template)
+        c = with_model_defaults(c, checkpoint_defaults(info.path if info is not None else c.model), SIZES)
     procs = procs or Processes.detect(c.device)
     template_path = resolve_template(c.template_filename, c.templates_dir)
     lines = read_template(template_path)
@@ -316,9 +319,6 @@ def prepare(
         if progress is not None and procs.main:
             progress(TrainProgress("preparing", start_step, final_step, start_step, message=message))
 
-    if resumed is not None:
-        say(warnings[-1])
-
     if pipe is None:
         if not c.model:
             raise HypernetError("model is empty; pass the checkpoint to train against (--model FILE).")
@@ -327,6 +327,7 @@ def prepare(
         pipe, info = load_pipeline(c.model, vae=c.vae, dtype=amp if amp is not None and procs.device.type == "cuda" else torch.float32)
     elif info is None:
         raise TypeError("train_hypernetwork(pipe=...) needs the pipeline's ModelInfo as info=")
+    c = with_model_defaults(c, model_defaults(pipe, info.path))  # the native size (64x64 on the toy model)
     amp_dtype = autocast_dtype(c.precision, procs.device, pipe.unet.dtype)
     check_widths(hn, pipe.unet, info, c.name, warnings)
     if c.create_image_every and procs.main:
@@ -400,6 +401,8 @@ def prepare(
                 "effective_batch_size": data.batch_size, "effective_gradient_step": data.gradient_step,
                 "hypernet_version": __version__,
             }))
+    for warning in warnings:  # now, not after the run: a skipped file or a resume is news before training starts
+        say(WARNING + warning)
     return Run(c, procs, hn, final_path, template_path, seed, start_step, final_step, lr_schedule, clip_schedule,
                pipe, info, amp_dtype, noise_scheduler, encode, data, offloaded, optimizer, scaler, previewer, outputs,
                health, tuple(probes or ()), tuple(warnings), resumed)
@@ -548,20 +551,26 @@ def preview(run: Run, history: History, step: int) -> Path:
         settings = Settings(prompt=prompt, seed=seed, width=width, height=height, clip_skip=c.clip_skip,
                             **PREVIEW_DEFAULTS)
     assert run.outputs is not None
-    (result,) = render(run, [settings])
+    # the infotext's tag names this step's snapshot when there is one (copied into the hypernetwork folder, PNG Info
+    # reproduces the preview), else the network
+    snapshot = run.outputs.snapshot_path(step)
+    (result,) = render(run, [settings], snapshot.stem if history.last_snapshot == str(snapshot) else c.name)
     return run.outputs.save_preview(result.images[0], result.infotexts[0], step)
 
 
-def render(run: Run, settings: Sequence[Settings]) -> list[Result]:
-    """Generations with the network as it is now (eval mode: no dropout), the offloaded models back for them."""
+def render(run: Run, settings: Sequence[Settings], name: str) -> list[Result]:
+    """Generations with the network as it is now (eval mode: no dropout; ``name`` in their infotexts), the
+    offloaded models back for them."""
     assert run.previewer is not None
     moved = [m for m in run.offloaded if m.device != run.device]
     run.hn.eval()
+    run.hn.name = name
     try:
         for module in moved:
             module.to(run.device)
         return [run.previewer.generate(s, extra_networks=[(run.hn, 1.0)]) for s in settings]
     finally:
+        run.hn.name = run.config.name
         run.hn.train()
         for module in moved:
             module.to("cpu")
@@ -598,7 +607,7 @@ def measure_health(run: Run, history: History, step: int, path: str | None, prog
     report(run, history, progress, "health", step)
     measured = run.health.history[-1].step if run.health.history else -1
     recent = [loss for s, loss in history.losses if s > measured]
-    images = [r.images[0] for r in render(run, run.probes)] if run.probes else []
+    images = [r.images[0] for r in render(run, run.probes, run.config.name)] if run.probes else []
 
     def loss(batch: Batch) -> torch.Tensor:
         with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
@@ -694,6 +703,17 @@ def finish(run: Run, history: History, stopped: str, progress: ProgressCallback 
 
 
 # ============================================================================================ preparation pieces
+SIZES = ("training_width", "training_height", "preview_width", "preview_height")
+
+
+def with_model_defaults(c: TrainConfig, defaults: ModelDefaults, skip: tuple[str, ...] = ()) -> TrainConfig:
+    """The fields a Python caller left unset take the model's defaults (its native size, what its checkpoint
+    records), as on the command line and in the web UI; the HTTP API sets every field, so it keeps A1111's."""
+    unset = {key: value for key, value in defaults.training().items()
+             if key in TrainConfig.model_fields and key not in c.model_fields_set and key not in skip}
+    return TrainConfig.parse(c.model_dump(exclude_unset=True) | unset) if unset else c
+
+
 def network_paths(c: TrainConfig, warnings: list[str]) -> tuple[Path, Path]:
     """(file to train from, file the final network goes to)."""
     found = list_hypernetworks(c.hypernetwork_dir)

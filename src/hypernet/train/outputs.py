@@ -34,6 +34,7 @@ from hypernet.errors import HypernetError
 from hypernet.fileio import atomic_write_bytes
 
 CSV_NAME = "hypernetwork_loss.csv"
+HEALTH_CSV = "health.csv"  # hypernet.train.health's figures of every snapshot
 CSV_FIELDS = ("step", "epoch", "epoch_step", "loss", "learn_rate")
 
 
@@ -172,6 +173,16 @@ class RunOutputs:
             self.tensorboard = None
 
 
+def made_files(root: Path) -> list[str]:
+    """What a run folder holds, naming only what exists (a run with previews or snapshots off made none)."""
+    made = []
+    for folder, suffix, what in (("hypernetworks", ".pt", "snapshots"), ("images", ".png", "previews")):
+        count = sum(1 for _ in (root / folder).glob(f"*{suffix}")) if (root / folder).is_dir() else 0
+        if count:
+            made.append(f"{count} {what if count > 1 else what[:-1]} in {folder}/")
+    return made + [name for name in (CSV_NAME, "loss.png", "contact_sheet.png", HEALTH_CSV) if (root / name).is_file()]
+
+
 def run_folder(log_directory: str | os.PathLike[str], name: str, started: datetime) -> Path:
     """``<log_directory>/<YYYY-MM-DD>/<name>``, A1111's folder for a run started then."""
     return Path(log_directory) / started.strftime("%Y-%m-%d") / name
@@ -220,14 +231,20 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def moving_average(values: Sequence[float]) -> tuple[int, list[float]]:
+    """(window, trailing means): a window of ~2% of the run, but at least 5 steps (a quarter of a short run), so
+    the trend shows through the per-step noise of small runs too. loss.png and the web UI's chart both use it."""
+    window = max(1, min(len(values) // 4, max(5, len(values) // 50)))
+    return window, [sum(values[max(0, i - window + 1) : i + 1]) / (i - max(0, i - window + 1) + 1) for i in range(len(values))]
+
+
 def loss_curve(losses: Sequence[tuple[int, float]], *, title: str = "loss", size: tuple[int, int] = (960, 480)) -> Image.Image:
     """The per-step loss (light) and its moving average (dark) against the step."""
     width, height = size
     left, right, top, bottom = 80, 20, 40, 50
     steps = [s for s, _ in losses]
     values = [v for _, v in losses]
-    window = max(1, len(values) // 50)
-    mean = [sum(values[max(0, i - window + 1) : i + 1]) / (i - max(0, i - window + 1) + 1) for i in range(len(values))]
+    window, mean = moving_average(values)
     ordered = sorted(values)
     low, high = ordered[0], ordered[min(len(ordered) - 1, math.ceil(0.99 * (len(ordered) - 1)))]  # spikes clip
     if high <= low:
@@ -263,29 +280,39 @@ def loss_curve(losses: Sequence[tuple[int, float]], *, title: str = "loss", size
 
 def contact_sheet(entries: Sequence[tuple[int, Path]], *, title: str = "", thumb: int = 256, columns: int = 8,
                   marked: int | None = None) -> Image.Image:
-    """The preview images side by side in step order, each labelled with its step, to pick the last good one;
-    the preview at (or last before) step ``marked`` is framed and labelled "recommended"."""
+    """The preview images side by side in step order, each labelled with its step, to pick the last good one; the
+    preview at (or last before) step ``marked`` is framed and labelled "recommended".
+    Cells fit the previews (at most ``thumb``); tiny previews (the toy model's 64 px) are enlarged by a whole factor
+    with hard pixel edges to at least 128 px, so the sheet is pictures, not white space."""
     before = [step for step, _ in entries if marked is not None and step <= marked]
     marked = before[-1] if before else None
-    columns = max(1, min(columns, len(entries), math.ceil(math.sqrt(len(entries) * 2))))
-    rows = math.ceil(len(entries) / columns)
+    images: list[tuple[int, Image.Image]] = []
+    for step, path in entries:
+        try:
+            with Image.open(path) as image:
+                images.append((step, image.convert("RGB")))
+        except (OSError, ValueError):
+            continue  # a preview being replaced right now
+    largest = max((max(image.size) for _, image in images), default=thumb)
+    cell = min(thumb, max(largest * max(1, math.ceil(128 / largest)), 128))
+    columns = max(1, min(columns, len(images) or 1, math.ceil(math.sqrt(max(len(images), 1) * 2))))
+    rows = max(1, math.ceil(len(images) / columns))
     label, head = 22, 34 if title else 0
-    sheet = Image.new("RGB", (columns * thumb, head + rows * (thumb + label)), "white")
+    sheet = Image.new("RGB", (columns * cell, head + rows * (cell + label)), "white")
     draw = ImageDraw.Draw(sheet)
     font = _font(14)
     if title:
         draw.text((8, 8), title, fill=_INK, font=_font(18))
-    for i, (step, path) in enumerate(entries):
-        x, y = (i % columns) * thumb, head + (i // columns) * (thumb + label)
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-                image.thumbnail((thumb, thumb))
-        except (OSError, ValueError):
-            continue  # a preview being replaced right now
-        sheet.paste(image, (x + (thumb - image.width) // 2, y + (thumb - image.height) // 2))
+    for i, (step, image) in enumerate(images):
+        x, y = (i % columns) * cell, head + (i // columns) * (cell + label)
+        factor = cell // max(image.size)
+        if factor > 1:
+            image = image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+        else:
+            image.thumbnail((cell, cell))
+        sheet.paste(image, (x + (cell - image.width) // 2, y + (cell - image.height) // 2))
         if step == marked:
-            draw.rectangle([x + 1, y + 1, x + thumb - 2, y + thumb + label - 2], outline=_MARK, width=4)
+            draw.rectangle([x + 1, y + 1, x + cell - 2, y + cell + label - 2], outline=_MARK, width=4)
         text = f"step {step} - recommended" if step == marked else f"step {step}"
-        draw.text((x + thumb / 2, y + thumb + 3), text, fill=_MARK if step == marked else _INK, font=font, anchor="mt")
+        draw.text((x + cell / 2, y + cell + 3), text, fill=_MARK if step == marked else _INK, font=font, anchor="mt")
     return sheet

@@ -1,0 +1,64 @@
+"""One limit, one sentence: the Python API, the HTTP API and the command line refuse the same value with the same
+sentence (HTTP: 422 with A1111's error body; CLI: ``error: <sentence>``, exit code 2, before any model loads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import requests
+
+from hypernet.cli import main
+from hypernet.engine.generate import Settings
+from hypernet.engine.model_defaults import ModelDefaults
+from hypernet.server import ServerState, create_app
+from hypernet.server.app import BackgroundServer
+from hypernet.server.testing import tiny_server_config
+from hypernet.settings import SettingsError
+from hypernet.settings.limits import MAX_IMAGES, MAX_PIXELS, MAX_STEPS, SEED_MAX
+
+SEED_RANGE = f"-1 (random) or a whole number from 0 to {SEED_MAX}"
+
+# (Python/HTTP values, command-line arguments, the sentence)
+CASES = [
+    ({"seed": 2**40}, ["--seed", str(2**40)], f"seed is {2**40}; expected {SEED_RANGE}."),
+    ({"seed": -2}, ["--seed", "-2"], f"seed is -2; expected {SEED_RANGE}."),
+    ({"subseed": 2**33}, ["--subseed", str(2**33)], f"subseed is {2**33}; expected {SEED_RANGE}."),
+    ({"cfg_scale": float("inf")}, ["--cfg", "inf"], "cfg_scale is inf; expected a finite number, a value from 0 to 100."),
+    ({"cfg_scale": float("nan")}, ["--cfg", "nan"], "cfg_scale is nan; expected a finite number, a value from 0 to 100."),
+    ({"steps": 100000}, ["--steps", "100000"], f"steps is 100000; expected a value from 1 to {MAX_STEPS}."),
+    ({"width": 100000, "height": 100000}, ["--size", "100000x100000"], "width is 100000; expected a value from 8 to 8192."),
+    ({"width": 4096, "height": 4096}, ["--size", "4096x4096"],
+     f"width x height is 4096x4096 (16,777,216 pixels); at most {MAX_PIXELS:,} pixels are allowed per image."),
+    ({"batch_size": 16, "n_iter": 100}, ["--batch-size", "16", "--batch-count", "100"],
+     f"batch_size x n_iter is 16x100; at most {MAX_IMAGES} images are allowed per request."),
+    ({"subseed_strength": 2.0}, ["--subseed-strength", "2"], "subseed_strength is 2.0; expected a value from 0 to 1."),
+    ({"enable_hr": True, "hr_scale": 8.0, "width": 512, "height": 512}, ["--hires", "--hr-scale", "8", "--size", "512x512"],
+     "the hires size is 4096x4096 (16,777,216 pixels); at most 4,194,304 pixels are allowed per image (lower hr_scale "
+     "or hr_resize_x/hr_resize_y)."),
+]
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory):
+    state = ServerState.start(tiny_server_config(tmp_path_factory.mktemp("everywhere")))
+    with BackgroundServer(create_app(state)) as running:
+        yield running.url + "/sdapi/v1"
+
+
+@pytest.mark.parametrize(("values", "args", "sentence"), CASES)
+def test_the_same_sentence_on_every_surface(url, tmp_path: Path, capsys, values, args, sentence) -> None:
+    with pytest.raises(SettingsError) as python:
+        ModelDefaults().complete(Settings("x", **values)).check()  # what Generator.generate runs first
+    assert str(python.value) == sentence
+
+    body = {k: str(v) if v in (float("inf"),) or v != v else v for k, v in values.items()}  # JSON has no inf/nan
+    r = requests.post(f"{url}/txt2img", json={"prompt": "x", **body}, timeout=60)
+    assert r.status_code == 422, r.text
+    body = r.json()
+    assert body["detail"] == sentence and body["errors"] == f"422: {sentence}" and set(body) == {"error", "detail", "body", "errors"}
+
+    with pytest.raises(SystemExit) as cli:
+        main(["generate", "x", "--out", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert cli.value.code == 2 and err.strip() == f"error: {sentence}"

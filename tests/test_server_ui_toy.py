@@ -1,0 +1,225 @@
+"""The web UI as a newcomer first meets it: a fresh install serving the embedded toy model, nothing touched.
+Playwright + Debian's Chromium, as tests/test_server_ui.py; screenshots in $HYPERNET_TEST_ARTIFACTS/ui."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from hypernet.server import ServerState, create_app
+from hypernet.server.app import BackgroundServer
+from hypernet.server.state import ServerConfig
+from hypernet.toy.world import detect_colour, detect_shape
+
+CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = Path(os.environ.get("HYPERNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "ui"
+WAIT_MS = 90_000
+
+if not Path(CHROMIUM).is_file():
+    if os.environ.get("HYPERNET_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)", pytrace=False)
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def fresh(tmp_path_factory):
+    """``hypernet serve`` with nothing of the user's: no checkpoint, so the toy model."""
+    root = tmp_path_factory.mktemp("fresh")
+    config = ServerConfig(models_dir=root / "models", hypernetwork_dir=root / "hypernetworks", data_dir=root / "data",
+                          log_dir=root / "logs", outputs_dir=root / "outputs")
+    state = ServerState.start(config)
+    with BackgroundServer(create_app(state)) as running:
+        yield running, state
+    state.close()
+
+
+@pytest.fixture(scope="module")
+def page(fresh):
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(WAIT_MS)
+        page = context.new_page()
+        page.goto(fresh[0].url + "/")
+        page.wait_for_selector("#txt2img_prompt textarea")
+        yield page
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def test_first_generation_with_no_setting_touched_is_the_models_size_and_shown_whole(page, fresh) -> None:
+    running, state = fresh
+    assert state.model.checkpoint.name == "toy-sd1.safetensors"
+    assert page.locator("#txt2img_width input[type=number]").input_value() == "64"
+    assert page.locator("#txt2img_cfg input[type=number]").input_value() == "5"
+    page.fill("#txt2img_prompt textarea", "a red circle on a white background, center")
+    start = time.monotonic()
+    page.click("#txt2img_generate")
+    page.wait_for_function("(document.querySelector('#txt2img_status') || {innerText: ''}).innerText.includes('image(s)')")
+    seconds = time.monotonic() - start
+    img = page.locator("#txt2img_gallery img").first
+    img.wait_for()
+    shown = img.evaluate("e => ({w: e.naturalWidth, h: e.naturalHeight, fit: getComputedStyle(e).objectFit,"
+                         " rendering: getComputedStyle(e).imageRendering, box: e.getBoundingClientRect().toJSON(),"
+                         " view: e.closest('.grid-wrap').getBoundingClientRect().toJSON()})")
+    assert (shown["w"], shown["h"]) == (64, 64) and shown["fit"] == "contain" and shown["rendering"] == "pixelated"
+    box, view = shown["box"], shown["view"]  # the whole image is inside the gallery's visible area: nothing cropped
+    assert view["top"] <= box["top"] and box["bottom"] <= view["bottom"] + 1 and box["height"] >= 4 * 64, shown
+    image = Image.open(io.BytesIO(page.request.get(img.get_attribute("src")).body())).convert("RGB")
+    assert image.size == (64, 64) and (detect_colour(image), detect_shape(image)) == ("red", "circle")
+    shot(page, "toy-1-first-generation")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "toy-first-generation.json").write_text(json.dumps({"seconds_click_to_image": round(seconds, 2)}))
+    print(f"first generation: {seconds:.2f} s from click to image")
+
+
+def open_tab(page, *names: str) -> None:
+    for name in names:
+        page.get_by_role("tab", name=name, exact=True).last.click()
+
+
+def test_a_failed_create_leaves_the_train_tab_usable_and_nothing_preselected(page, fresh) -> None:
+    open_tab(page, "Train", "Create hypernetwork")
+    page.fill("#create_name textarea", "broken")
+    page.fill("#create_layers textarea", "2, 1")
+    page.click("#create_button")
+    page.wait_for_function("(document.querySelector('#create_status') || {innerText: ''}).innerText.includes('Error')")
+    shot(page, "toy-2-create-error")
+    page.fill("#create_name textarea", "сова")  # Cyrillic: a name A1111 users have
+    page.fill("#create_layers textarea", "1, 2, 1")
+    page.click("#create_button")
+    page.wait_for_function("(document.querySelector('#create_status') || {innerText: ''}).innerText.includes('Created')")
+    open_tab(page, "Train", "Train")
+    dropdown = page.locator("#train_hypernetwork input")
+    assert dropdown.input_value() == ""  # not preselected: the user picks the network to train
+    dropdown.click(timeout=5_000)  # no error overlay in the way
+    page.locator("ul[role=listbox] li", has_text="сова").first.click()
+    assert dropdown.input_value() == "сова"
+    shot(page, "toy-3-train-dropdown-after-error")
+
+
+def test_cards_flag_unfit_networks_toggle_their_tag_search_and_render_cyrillic(page, fresh) -> None:
+    from hypernet.network import Hypernetwork
+
+    _, state = fresh
+    Hypernetwork.create("sd15-only", [768, 320, 640, 1280], seed=1).save(state.config.hypernetwork_dir / "sd15-only.pt")
+    open_tab(page, "txt2img")
+    page.fill("#txt2img_prompt textarea", "a red circle on a white background, center")
+    open_tab(page, "Hypernetworks")
+    unfit = page.locator("#hn_cards img[alt*='sd15-only']")
+    unfit.wait_for()
+    assert unfit.get_attribute("alt").startswith("⚠ not for this model")
+    owl = page.locator("#hn_cards img[alt^='сова']")
+    assert owl.count() == 1
+    shot(page, "toy-4-cards")
+    owl.click()
+    page.wait_for_function("(document.querySelector('#txt2img_prompt textarea') || {value: ''}).value.includes('<hypernet:сова:1>')")
+    owl.click()  # A1111: a second click takes the tag out again
+    page.wait_for_function("!(document.querySelector('#txt2img_prompt textarea') || {value: ''}).value.includes('<hypernet:')")
+    assert page.input_value("#txt2img_prompt textarea") == "a red circle on a white background, center"
+    page.fill("#hn_search textarea", "сов")
+    page.press("#hn_search textarea", "Enter")
+    page.wait_for_function("document.querySelectorAll('#hn_cards img').length === 1")
+    shot(page, "toy-5-cards-search")
+
+
+def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_average(page, fresh) -> None:
+    from hypernet.toy.style import write_style_dataset
+
+    _, state = fresh
+    write_style_dataset(state.config.data_dir / "sepia")
+    open_tab(page, "Train", "Train")
+    assert page.locator("#train_steps input").input_value() == "300"  # the toy model's, not A1111's 100000
+    assert page.locator("#train_width input[type=number]").input_value() == "64"
+    page.click("#train_hypernetwork input")
+    page.locator("ul[role=listbox] li", has_text="сова").first.click()
+    page.fill("#train_data textarea", "sepia")
+    page.check("#train_use_weight input")
+    page.click("#train_button")
+    page.wait_for_function("(() => { const p = document.querySelector('#train_progress progress');"
+                           " return p && Number(p.value) >= 12; })()")
+    text = page.inner_text("#train_progress")
+    assert re.search(r"step \d+/300 · [\d.]+ it/s · ETA \d+:\d\d", text), text
+    assert re.search(r"step \d+ of 300", page.inner_text("#train_status"))
+    page.wait_for_function("(document.querySelector('#train_loss') || {innerText: ''}).innerText.includes('moving average of')")
+    shot(page, "toy-6-training-progress")
+    page.click("#train_interrupt")
+    page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes('interrupted')")
+    assert state.last_training.result.stopped == "interrupted"
+
+
+def test_seed_buttons_and_send_to_img2img_then_png_info_to_txt2img(page, fresh, tmp_path) -> None:
+    open_tab(page, "txt2img")
+    page.fill("#txt2img_prompt textarea", "a blue square on a black background, top left")
+    page.fill("#txt2img_seed input", "-1")
+    page.click("#txt2img_generate")
+    page.wait_for_function("(document.querySelector('#txt2img_info textarea') || {value: ''}).value.includes('top left')")
+    page.click("#txt2img_reuse_seed")
+    seed = re.search(r"Seed: (\d+)", page.input_value("#txt2img_info textarea")).group(1)
+    page.wait_for_function(f"(document.querySelector('#txt2img_seed input') || {{value: ''}}).value === '{seed}'")
+    page.click("#txt2img_random_seed")
+    page.wait_for_function("(document.querySelector('#txt2img_seed input') || {value: ''}).value === '-1'")
+    page.click("#txt2img_send_to_img2img")
+    page.wait_for_function("(document.querySelector('#img2img_prompt textarea') || {value: ''}).value.includes('top left')")
+    page.locator("#img2img_image img").wait_for()
+    assert page.input_value("#img2img_seed input") == seed
+    assert page.locator("#img2img_width input[type=number]").input_value() == "64"
+    shot(page, "toy-7-sent-to-img2img")
+
+    src = page.locator("#txt2img_gallery img").first.get_attribute("src")
+    saved = tmp_path / "generated.png"
+    saved.write_bytes(page.request.get(src).body())
+    open_tab(page, "txt2img")
+    page.fill("#txt2img_prompt textarea", "")
+    page.fill("#txt2img_seed input", "-1")
+    open_tab(page, "PNG Info")
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(saved))
+    page.wait_for_function(f"(document.querySelector('#pnginfo_text textarea') || {{value: ''}}).value.includes('Seed: {seed}')")
+    page.click("#pnginfo_send_txt2img")
+    page.wait_for_function("(document.querySelector('#txt2img_prompt textarea') || {value: ''}).value.includes('top left')")
+    assert page.input_value("#txt2img_seed input") == seed
+    shot(page, "toy-8-png-info-sent-to-txt2img")
+
+
+def test_settings_tab_sets_clip_skip_and_the_default_network(page, fresh) -> None:
+    _, state = fresh
+    open_tab(page, "Settings")
+    page.locator("#setting_CLIP_stop_at_last_layers input[type=number]").fill("2")
+    page.locator("#setting_CLIP_stop_at_last_layers input[type=number]").press("Enter")
+    page.click("#settings_submit")
+    page.wait_for_function("(document.querySelector('#settings_result') || {innerText: ''}).innerText.includes('applied')")
+    assert state.option("CLIP_stop_at_last_layers") == 2
+    shot(page, "toy-9-settings")
+    state.set_options({"CLIP_stop_at_last_layers": 1})
+
+
+def test_checkpoint_dropdown_switches_models_and_back_with_their_defaults(page, fresh) -> None:
+    from hypernet.testing import save_single_file, tiny_pipeline
+
+    _, state = fresh
+    save_single_file(tiny_pipeline("sd1"), state.config.models_dir / "tiny.safetensors", "sd1")
+    open_tab(page, "txt2img")
+    page.click("#checkpoint_refresh")
+    page.click("#setting_sd_model_checkpoint input")
+    page.locator("ul[role=listbox] li", has_text="tiny.safetensors").first.click()
+    page.wait_for_function("(document.querySelector('#txt2img_width input[type=number]') || {value: ''}).value === '512'")
+    assert state.model.checkpoint.name == "tiny.safetensors"
+    shot(page, "toy-10-checkpoint-switched")
+    page.click("#setting_sd_model_checkpoint input")
+    page.locator("ul[role=listbox] li", has_text="toy-sd1.safetensors").first.click()
+    page.wait_for_function("(document.querySelector('#txt2img_width input[type=number]') || {value: ''}).value === '64'")
+    assert state.model.checkpoint.name == "toy-sd1.safetensors"
+    shot(page, "toy-11-checkpoint-back-to-toy")
