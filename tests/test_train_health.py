@@ -60,17 +60,18 @@ def _h(step: int, style: float | None, distorted: list[str] | None = None) -> Sn
     return SnapshotHealth(step, f"s-{step}.pt" if step else None, None, None, None, style, 1.0, distorted or [])
 
 
-def test_judge_recommends_the_strongest_style_before_the_first_over_cooked_snapshot() -> None:
+def test_judge_recommends_the_last_snapshot_before_the_first_over_cooked_one() -> None:
     steady = [_h(0, 0.0), _h(10, 0.2), _h(20, 0.5), _h(30, 0.45)]
-    verdict = judge(steady)
-    assert verdict.best_step == 20 and not verdict.overcooked and "recommended snapshot: step 20" in verdict.sentence()
+    verdict = judge(steady)  # nothing over-cooked: the latest snapshot, and no flag
+    assert verdict.best_step == 30 and not verdict.overcooked and "recommended snapshot: step 30" in verdict.sentence()
     cooked = steady + [_h(40, 0.9, ["high-frequency energy 3.0x the start"]), _h(50, 0.1)]
     verdict = judge(cooked)  # step 40's stronger "style" comes with distortion; nothing after it counts
-    assert verdict.best_step == 20 and verdict.overcooked and "step 40" in verdict.reasons[0]
+    assert verdict.best_step == 30 and verdict.overcooked and "step 40" in verdict.reasons[0]
     assert "over-cooked" in verdict.sentence()
     at_once = [_h(0, 0.0), _h(10, 0.3, ["content fidelity 0.10 (the start's shapes are fading)"])]
     verdict = judge(at_once)
     assert verdict.best is None and verdict.overcooked and "step 10" in verdict.reasons[0]
+    assert "no snapshot to recommend" in verdict.sentence()
     assert judge([_h(0, 0.0)]).best is None and not judge([_h(0, 0.0)]).overcooked
     assert judge([_h(0, None), _h(10, None), _h(20, None)]).best_step == 20  # no probes: the last snapshot
 

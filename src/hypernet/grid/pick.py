@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE
 from hypernet.errors import HypernetError
 from hypernet.grid.command import parse_size, save_plot
 from hypernet.train.outputs import HEALTH_CSV
@@ -137,19 +137,21 @@ def draw_candidates(run_dir: Path, chosen: list[Snapshot], prompt: str, model: s
     """The plot (candidates x strengths x seeds) in ``RUN_DIR/pick/``, each cell and the grid with infotext."""
     from hypernet.engine.generate import Generator, Hooks, Settings
     from hypernet.engine.loading import open_model
+    from hypernet.engine.model_defaults import model_defaults
     from hypernet.grid.axes import parse_axis
     from hypernet.grid.plot import Plot, run_plot
 
     if model is None:
         console.print(f"[dim]{TOY_NOTE}[/dim]")
         model = str(TOY_CHECKPOINT)
-    default = TOY_SIZE if Path(model).resolve() == TOY_CHECKPOINT.resolve() else 512
     with console.status(f"loading {model}"):
         pipe, info = open_model(model)
     generator = Generator(pipe, info, run_dir / "hypernetworks")
     plot = Plot(parse_axis("Hypernetwork", ", ".join(s.path.stem for s in chosen)),
                 parse_axis("Hypernet str.", strengths, which="Y"), parse_axis("Seed", seeds, which="Z"))
-    base = Settings(prompt, steps=steps, cfg_scale=cfg, width=width or default, height=height or default)
+    # unset values (the sampler; the size when the run does not say) are the model's defaults
+    base = model_defaults(pipe, model).complete(Settings(prompt, steps=steps, cfg_scale=cfg, width=width,
+                                                         height=height))
     with console.status("drawing the candidates") as status:
         result = run_plot(plot, base, generator, hooks=Hooks(
             progress=lambda done, total: status.update(f"drawing the candidates: step {done}/{total}")))

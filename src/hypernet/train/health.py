@@ -13,9 +13,12 @@ occurs". hypernet measures it at every snapshot, with signals that do not depend
   luminance structure, the shapes, is still there) and the distortion statistics (saturation, high-frequency
   energy, clipped colours).
 
-The recommendation is the snapshot with the strongest style effect among those before the first snapshot whose
-probes trip an over-cooking signal (content lost or distorted); training is flagged as over-cooked when a
-snapshot after the recommended one trips.
+The recommendation is the guide's "image right before distortion": the last snapshot before the first one whose
+probes trip an over-cooking signal (content lost or distorted); training is flagged as over-cooked when such a
+snapshot follows it. The style effect is reported beside it: how much of the look the recommended snapshot has.
+(Choosing the strongest style effect among the earlier snapshots was measured too: on the toy model at 10x the
+demo's rate, a few probes' style effect did not tell which snapshot styled unseen prompts best, and it picked one
+whose shapes were already going.)
 """
 
 from __future__ import annotations
@@ -262,8 +265,7 @@ def judge(history: Sequence[SnapshotHealth]) -> Verdict:
     good = saved[:tripped]
     if not good:
         return Verdict(None, True, [f"step {saved[0].step}'s probe images show " + ", ".join(saved[0].distorted)])
-    best = max(good, key=lambda h: -math.inf if h.style is None else h.style) if any(
-        h.style is not None for h in good) else good[-1]
+    best = good[-1]  # the last one before distortion: its style has had the most training that did no harm
     after = [h for h in saved if h.step > best.step and h.distorted]
     reasons = [f"step {after[0].step}'s probe images show " + ", ".join(after[0].distorted)] if after else []
     return Verdict(best, bool(reasons), reasons)
