@@ -1,5 +1,6 @@
 """One limit, one sentence: the Python API, the HTTP API and the command line refuse the same value with the same
-sentence (HTTP: 422 with A1111's error body; CLI: ``error: <sentence>``, exit code 2, before any model loads)."""
+sentence (HTTP: 422 with A1111's error body; CLI: ``error: <sentence>``, exit code 2, before any model loads), for
+generation and for creating, training and preprocessing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from hypernet.engine.model_defaults import ModelDefaults
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.testing import tiny_server_config
-from hypernet.settings import SettingsError
+from hypernet.settings import CreateSettings, PreprocessSettings, SettingsError, TrainSettings
 from hypernet.settings.limits import MAX_IMAGES, MAX_PIXELS, MAX_STEPS, SEED_MAX
 
 SEED_RANGE = f"-1 (random) or a whole number from 0 to {SEED_MAX}"
@@ -62,3 +63,44 @@ def test_the_same_sentence_on_every_surface(url, tmp_path: Path, capsys, values,
         main(["generate", "x", "--out", str(tmp_path), *args])
     err = capsys.readouterr().err
     assert cli.value.code == 2 and err.strip() == f"error: {sentence}"
+
+
+# (family, Python values, HTTP endpoint and body, command-line arguments, the sentence; {name} is the field as each
+# surface spells it: A1111's name over HTTP and in Python, the flag's on the command line)
+FAMILIES = [
+    (CreateSettings, {"name": "x", "enable_sizes": [32], "layer_structure": "1, 0.001, 1"},
+     "create/hypernetwork", {"name": "x", "enable_sizes": [32], "layer_structure": "1, 0.001, 1"},
+     ["create", "x", "--sizes", "32", "--layers", "1, 0.001, 1"],
+     'layer_structure "1, 0.001, 1" gives a layer of width 0 at width 32; every layer needs at least one unit '
+     "(raise the multiplier).", {}),
+    (TrainSettings, {"hypernetwork_name": "style", "learn_rate": "-1"},
+     "train/hypernetwork", {"id_task": "t", "hypernetwork_name": "style", "data_root": "set", "learn_rate": "-1"},
+     ["train", "style", "--data", ".", "--learn-rate", "-1"],
+     'learn_rate "-1" has the rate -1; every rate must be a finite number above 0.', {}),
+    (TrainSettings, {"hypernetwork_name": "style", "preview_from_txt2img": True, "preview_steps": 100000},
+     "train/hypernetwork", {"id_task": "t", "hypernetwork_name": "style", "data_root": "set",
+                            "preview_from_txt2img": True, "preview_steps": 100000},
+     ["train", "style", "--data", ".", "--preview-steps", "100000"],
+     f"preview_steps is 100000; expected a value from 1 to {MAX_STEPS}.", {}),
+    (PreprocessSettings, {"process_width": 100000},
+     "preprocess", {"id_task": "t", "process_src": "set", "process_dst": "out", "process_width": 100000},
+     ["preprocess", ".", "out", "--width", "100000"],
+     "{name} is 100000; expected a value from 64 to 4096.", {"python": "process_width", "http": "process_width",
+                                                              "cli": "width"}),
+]
+
+
+@pytest.mark.parametrize(("model", "values", "endpoint", "body", "args", "sentence", "names"), FAMILIES)
+def test_other_families_say_the_same_sentence_too(url, tmp_path: Path, capsys, monkeypatch, model, values, endpoint,
+                                                  body, args, sentence, names) -> None:
+    with pytest.raises(SettingsError) as python:
+        model.parse(values)
+    assert str(python.value) == sentence.format(name=names.get("python"))
+
+    r = requests.post(f"{url}/{endpoint}", json=body, timeout=60)
+    assert r.status_code == 422 and r.json()["detail"] == sentence.format(name=names.get("http")), r.text
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as cli:
+        main(args)
+    assert cli.value.code == 2 and capsys.readouterr().err.strip() == f"error: {sentence.format(name=names.get('cli'))}"

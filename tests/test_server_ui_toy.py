@@ -161,6 +161,44 @@ def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_avera
     assert state.last_training.result.stopped == "interrupted"
 
 
+@pytest.mark.slow
+def test_training_from_the_ui_with_default_settings_styles_as_much_as_the_demo(page, fresh) -> None:
+    """The issue's acceptance: a network of the demo's shape, trained from the Train tab with every setting left as
+    the model's defaults (300 steps, 'once' latent sampling), raises the demo's style score as much as the demo's
+    own training does (within 0.1)."""
+    from hypernet.toy.style import measure_style, train_style, write_style_dataset
+    from hypernet.toy.world import split_scenes
+
+    _, state = fresh
+    write_style_dataset(state.config.data_dir / "sepia-style")
+    open_tab(page, "Train", "Create hypernetwork")
+    page.fill("#create_name textarea", "ui-style")
+    for elem_id, option in (("create_activation", "swish"), ("create_init", "XavierNormal")):  # the demo's shape
+        page.locator(f"#{elem_id} input").click()
+        page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
+    page.click("#create_button")
+    page.wait_for_function("(document.querySelector('#create_status') || {innerText: ''}).innerText.includes('ui-style')")
+    open_tab(page, "Train", "Train")
+    page.click("#train_hypernetwork input")
+    page.locator("ul[role=listbox] li", has_text="ui-style").first.click()
+    page.fill("#train_data textarea", "sepia-style")
+    assert page.locator("#train_sampling input").input_value() == "once"  # A1111's default, now sound on the toy VAE
+    page.click("#train_button")
+    page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes("
+                           "'Training finished at step 300')", timeout=900_000)
+    shot(page, "toy-7-training-finished")
+
+    generator, scenes = state.model.generator, split_scenes()[1][:6]
+    plain = measure_style(generator, scenes).mean
+    ui_gain = measure_style(generator, scenes, tag="<hypernet:ui-style:1>").mean - plain
+    pipe, info = generator.pipe, generator.info
+    train_style(pipe, info, state.config.data_dir / "sepia-style", state.config.hypernetwork_dir,
+                state.config.log_dir / "demo", name="demo-style")  # the demo's own run: deterministic latents
+    demo_gain = measure_style(generator, scenes, tag="<hypernet:demo-style:1>").mean - plain
+    print(f"style score gain: from the UI {ui_gain:.3f}, the demo's training {demo_gain:.3f}")  # shown with -s
+    assert ui_gain >= demo_gain - 0.1 and ui_gain >= 0.2, (ui_gain, demo_gain)
+
+
 def test_seed_buttons_and_send_to_img2img_then_png_info_to_txt2img(page, fresh, tmp_path) -> None:
     open_tab(page, "txt2img")
     page.fill("#txt2img_prompt textarea", "a blue square on a black background, top left")

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
@@ -23,7 +22,7 @@ from hypernet.prepare.command import preprocess
 from hypernet.server.command import serve
 from hypernet.settings import CreateSettings, GenerateSettings
 from hypernet.settings import cli as settings_cli
-from hypernet.settings.cli import field_default, field_option, say
+from hypernet.settings.cli import console, field_default, field_option, say
 from hypernet.settings.folders import Folders
 from hypernet.settings.images import open_image
 from hypernet.train.command import train
@@ -140,7 +139,7 @@ def inspect(
     table = Table(show_header=False, title=escape(str(file)))
     for key, value in info.items():
         table.add_row(key, escape(f"{value:,}" if isinstance(value, int) and key == "parameters" else str(value)))
-    Console().print(table)
+    console().print(table)
 
 
 @app.command()
@@ -190,7 +189,7 @@ def list_(dir: HnDir = DEFAULT_HN_DIR) -> None:
     table = Table("name", "file")
     for name, path in found.items():
         table.add_row(escape(name), escape(str(path)))
-    Console().print(table)
+    console().print(table)
 
 
 @app.command()
@@ -218,6 +217,7 @@ def generate(
     clip_skip: Annotated[int, field_option(GenerateSettings, "clip_skip")] = field_default(GenerateSettings, "clip_skip"),
     init_image: Annotated[Optional[Path], typer.Option(help="img2img source image.")] = None,
     denoise: Annotated[float, field_option(GenerateSettings, "denoising_strength")] = field_default(GenerateSettings, "denoising_strength"),
+    resize_mode: Annotated[int, field_option(GenerateSettings, "resize_mode")] = field_default(GenerateSettings, "resize_mode"),
     vae: Annotated[Optional[Path], typer.Option(help="Separate VAE file.")] = None,
     precision: Annotated[str, typer.Option(help="fp32, fp16 or bf16 model weights (hypernetworks stay fp32).")] = "fp32",
     hypernetwork_precision: Annotated[str, typer.Option(help="Run hypernetworks in fp32, bf16 or fp16 (faster, "
@@ -249,7 +249,8 @@ def generate(
     """Generate images; <hypernet:NAME:WEIGHT> in the prompt applies hypernetworks (A1111 syntax)."""
     _check_generate_options(prompt=prompt, negative_prompt=negative, sampler_name=sampler, scheduler=scheduler,
                             steps=steps, cfg_scale=cfg, seed=seed, size=size, batch_size=batch_size,
-                            n_iter=batch_count, clip_skip=clip_skip, denoising_strength=denoise, subseed=subseed,
+                            n_iter=batch_count, clip_skip=clip_skip, denoising_strength=denoise,
+                            resize_mode=resize_mode, subseed=subseed,
                             subseed_strength=subseed_strength, seed_resize_from=seed_resize_from, enable_hr=hires,
                             hr_scale=hr_scale, hr_second_pass_steps=hr_steps, hr_resize=hr_resize,
                             hr_upscaler=hr_upscaler, hr_sampler_name=hr_sampler, hr_scheduler=hr_scheduler,
@@ -264,7 +265,7 @@ def generate(
     from hypernet.engine.infotext import save_image
     from hypernet.engine.loading import open_model
 
-    console = Console(highlight=False)
+    term = console()
     sampler_params: dict = {}
     if infotext is not None:  # fields the command line did not set come from the infotext
         pasted, ignored = settings_from_infotext(read_parameters(infotext))
@@ -277,9 +278,9 @@ def generate(
         (prompt, negative, sampler, scheduler, steps, cfg, seed, size, clip_skip, denoise, rng, subseed,
          subseed_strength, seed_resize_from, ensd, eta, hires, hr_scale, hr_resize, hr_upscaler, hr_steps, hr_sampler,
          hr_scheduler, hr_prompt, hr_negative) = (chosen[k] for k in PASTED_OPTIONS)
-        console.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
+        term.print(f"infotext: ignored {', '.join(ignored)}" if ignored else "infotext: every field was used")
     if model is None:
-        console.print(TOY_NOTE, style="dim", markup=False)
+        term.print(TOY_NOTE, style="dim", markup=False)
         model = str(TOY_CHECKPOINT)
     jobs = _prompt_jobs(prompt, prompts)
     width = height = None  # the model's native size
@@ -297,7 +298,7 @@ def generate(
         hr_sampler_name=hr_sampler, hr_scheduler=hr_scheduler, hr_prompt=hr_prompt, hr_negative_prompt=hr_negative)
     init = open_image(init_image, "--init-image") if init_image is not None else None
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several (accelerate launch)
-    with console.status(escape(f"loading {model}")):
+    with term.status(escape(f"loading {model}")):
         pipe, info = open_model(model, vae=vae, precision=precision, device=state.device, medvram=medvram,
                                 lowvram=lowvram, vae_tiling=vae_tiling)
     generator = Generator(pipe, info, hypernetwork_dir, esrgan_dir, lora_dirs=[lora_dir], embeddings_dir=embeddings_dir)
@@ -305,30 +306,31 @@ def generate(
     per_job = batch_size * batch_count
     start = next_number(out)  # never overwrite earlier outputs (A1111 numbers on from the folder)
     state.wait_for_everyone()
-    with state.split_between_processes(jobs) as mine, Progress(console=console, transient=True) as bar:
+    with state.split_between_processes(jobs) as mine, Progress(console=term, transient=True) as bar:
         if state.num_processes > 1:
-            console.print(f"process {state.process_index + 1}/{state.num_processes}: {len(mine)} prompt(s)")
+            term.print(f"process {state.process_index + 1}/{state.num_processes}: {len(mine)} prompt(s)")
         for index, text in mine:
             job_seed = seed + index * per_job if seed != -1 else -1
             settings = Settings(text, negative, sampler, scheduler, steps, cfg, job_seed, width, height, batch_size,
-                                batch_count, clip_skip, init, denoise, hypernetwork_precision=hypernetwork_precision,
+                                batch_count, clip_skip, init, denoise, resize_mode=resize_mode,
+                                hypernetwork_precision=hypernetwork_precision,
                                 **noise_and_hires)
             task = bar.add_task(f"prompt {index + 1}/{len(jobs)}", total=None)
             result = generator.generate(settings, lambda done, total, t=task: bar.update(t, completed=done, total=total))
             for a in result.applied:
                 hits = ", ".join(f"{n} layers at width {w}" for w, n in sorted(a.layers_by_width.items()))
-                console.print(f"applied {a.name} x{a.multiplier}: {hits}", markup=False)
+                term.print(f"applied {a.name} x{a.multiplier}: {hits}", markup=False)
             for lora in result.loras:
-                console.print(f"applied LoRA {lora.name} te x{lora.te} unet x{lora.unet}: {lora.layers} layers",
+                term.print(f"applied LoRA {lora.name} te x{lora.te} unet x{lora.unet}: {lora.layers} layers",
                               markup=False)
             if result.embeddings:
-                console.print(f"embeddings used: {', '.join(result.embeddings)}", markup=False)
+                term.print(f"embeddings used: {', '.join(result.embeddings)}", markup=False)
             for warning in result.warnings:
-                console.print(f"warning: {warning}", style="yellow", markup=False)
+                term.print(f"warning: {warning}", style="yellow", markup=False)
             for i, (image, text_info, seed_used) in enumerate(zip(result.images, result.infotexts, result.seeds)):
                 path = out / f"{start + index * per_job + i:05d}-{seed_used}.png"
                 save_image(image, path, text_info)
-                console.print(f"saved {path}", markup=False)
+                term.print(f"saved {path}", markup=False)
 
 
 # the generate options an infotext can fill, in the order generate() unpacks them
@@ -394,7 +396,7 @@ def samplers() -> None:
     for sampler in SAMPLERS:
         automatic = sampler.default_schedule or ("timesteps" if sampler.kind == "timesteps" else "the model's")
         table.add_row(sampler.name, ", ".join(sampler.aliases), automatic)
-    Console().print(table)
+    console().print(table)
     print("schedule types: " + ", ".join(schedule.label for schedule in SCHEDULES))
 
 

@@ -30,6 +30,7 @@ from hypernet.engine.embeddings import EmbeddingLibrary
 from hypernet.engine.infotext import format_infotext
 from hypernet.engine.lora import AppliedLora, LoraLibrary, LoraMerger, activate_loras, lora_infotext
 from hypernet.engine.model_defaults import model_defaults
+from hypernet.engine.resize import LATENT_UPSCALE, fit_image
 from hypernet.errors import HypernetError
 from hypernet.sampling import Plan, plan, sample_latent
 from hypernet.sampling.schedules import alphas_cumprod_for
@@ -73,6 +74,7 @@ class Settings:
     clip_skip: int = 1
     init_image: Image.Image | None = None
     denoising_strength: float = 0.75
+    resize_mode: int = 0  # img2img: A1111's index into engine.resize.RESIZE_MODES
     sd_hypernetwork: str | None = None  # A1111's "Add hypernetwork to prompt" setting
     extra_networks_default_multiplier: float = 1.0
     hypernetwork_precision: str = "fp32"  # "bf16"/"fp16": faster networks at ~1e-3 relative error, if asked
@@ -135,7 +137,7 @@ class Settings:
 
 _CHECKED = ("prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "cfg_scale", "seed", "subseed",
             "subseed_strength", "seed_resize_from_w", "seed_resize_from_h", "width", "height", "batch_size", "n_iter",
-            "clip_skip", "denoising_strength", "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x",
+            "clip_skip", "denoising_strength", "resize_mode", "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_resize_x",
             "hr_resize_y", "hr_upscaler", "hr_sampler_name", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
 
 
@@ -357,8 +359,12 @@ class Generator:
         unet = self.pipe.unet
         init = None
         if s.init_image is not None:
-            image = s.init_image.convert("RGB").resize((s.width, s.height), Image.Resampling.LANCZOS)
+            image = fit_image(s.resize_mode, s.init_image.convert("RGB"), s.width, s.height)
+            if s.resize_mode == LATENT_UPSCALE:  # encoded at its own size (floored to the VAE's 8), latents resized
+                image = image.crop((0, 0, max(8, image.width - image.width % 8), max(8, image.height - image.height % 8)))
             init = latents.encode(self.pipe.vae, [image] * p.batch_size, self.device)
+            if init.shape[-2:] != (s.height // 8, s.width // 8):
+                init = torch.nn.functional.interpolate(init, size=(s.height // 8, s.width // 8), mode="bilinear")
         cond, uncond = self._conditioning(encoder, prompt, s.negative_prompt, p, p.batch_size, (s.width, s.height))
         with torch.no_grad():
             x = sample_latent(unet, cond, uncond, params, init_latent=init, **common)

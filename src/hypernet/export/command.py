@@ -17,6 +17,7 @@ from rich.table import Table
 
 from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, hypernetwork_dir, lora_dir
 from hypernet.errors import HypernetError
+from hypernet.settings.cli import console as terminal
 
 if TYPE_CHECKING:
     from hypernet.engine.generate import Generator
@@ -126,7 +127,7 @@ def export_lora(
 
     if rank is not None and full:
         raise HypernetError("give either --rank R or --full, not both")
-    console = Console(stderr=as_json)
+    console = terminal(stderr=as_json)
     entries = resolve_networks(names, dir, multiplier)
     generator, _ = _generator(model, console)
     prompt_list = _prompts(prompts)
@@ -155,7 +156,7 @@ def bake(
     """Write a checkpoint with hypernetworks folded into its attention weights: use it with no tag, anywhere."""
     from hypernet.export.api import bake as bake_checkpoint, resolve_networks
 
-    console = Console(stderr=as_json)
+    console = terminal(stderr=as_json)
     entries = resolve_networks(names, dir)
     if not checkpoint.is_file():
         raise HypernetError(f"{checkpoint}: bake needs a single-file checkpoint (.safetensors or .ckpt).")

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -17,6 +16,7 @@ from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE, hypernetwork_d
 from hypernet.errors import HypernetError
 from hypernet.fileio import next_number
 from hypernet.settings import GenerateSettings
+from hypernet.settings.cli import console as terminal
 from hypernet.settings.cli import field_default, field_option
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def grid(
     from hypernet.grid.axes import HYPERNETWORK_AXIS, Axis, axis_from_text
     from hypernet.grid.plot import Options, Plot, network_folder, run_plot
 
-    console = Console(highlight=False)
+    console = terminal()
     if model is None:
         console.print(TOY_NOTE, style="dim", markup=False)
         model, size = str(TOY_CHECKPOINT), size or f"{TOY_SIZE}x{TOY_SIZE}"

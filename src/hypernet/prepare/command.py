@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hypernet.prepare.options import PreprocessOptions
@@ -17,7 +16,7 @@ def _preprocess(settings: PreprocessOptions, src: Path, dst: Path) -> None:
     from hypernet.prepare.pipeline import preprocess as run_preprocess
 
     options = settings
-    console = Console(highlight=False)
+    console = settings_cli.console()
     bar = Progress(TextColumn("Preprocessing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    console=console)
     task = bar.add_task("preprocess", total=None)

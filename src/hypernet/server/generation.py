@@ -146,8 +146,6 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
         if values.get("mask"):
             decode_image(values["mask"], "mask")
             raise ApiError(422, "mask: inpainting is not supported yet; send img2img requests without a mask.")
-        if values.get("resize_mode"):
-            warnings.append("resize_mode other than 0 (just resize) is not supported; the image was resized")
 
     prompt = values["prompt"]
     sd_hypernetwork = option("sd_hypernetwork")
@@ -168,6 +166,7 @@ def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
         clip_skip=int(option("CLIP_stop_at_last_layers")),
         init_image=init_image,
         denoising_strength=values["denoising_strength"] if values["denoising_strength"] is not None else 0.75,
+        resize_mode=values.get("resize_mode") or 0,
         sd_hypernetwork=sd_hypernetwork,
         extra_networks_default_multiplier=float(option("extra_networks_default_multiplier")),
         rng=str(option("randn_source")),

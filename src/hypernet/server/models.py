@@ -65,7 +65,6 @@ HIRES: Fields = {
 }
 IMG2IMG: Fields = {
     "init_images": (list[str], None),
-    "resize_mode": (int, 0),
     "image_cfg_scale": (float, None),
     "mask": (str, None),
     "mask_blur_x": (int, 4),

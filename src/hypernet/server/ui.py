@@ -26,6 +26,7 @@ from hypernet.engine.infotext import parse_infotext, read_infotext  # noqa: E402
 from hypernet.engine.upscalers import list_esrgan  # noqa: E402
 from hypernet.engine.paste import settings_from_infotext  # noqa: E402
 from hypernet.engine.model_defaults import network_widths  # noqa: E402
+from hypernet.engine.resize import RESIZE_MODES  # noqa: E402
 from hypernet.errors import HypernetError  # noqa: E402
 from hypernet.network import describe_file  # noqa: E402
 from hypernet.sampling import resolve_sampler  # noqa: E402
@@ -242,6 +243,9 @@ def build_ui(state: ServerState) -> gr.Blocks:
                             if kind == "img2img":
                                 c["init_image"] = gr.Image(label="Image", type="pil", elem_id="img2img_image", height=256)
                                 c["denoising_strength"] = component(G, "denoising_strength", elem_id="img2img_denoising")
+                                c["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index",
+                                                            label=G.surface("resize_mode").ui,
+                                                            elem_id="img2img_resize_mode")
                             with gr.Row():
                                 c["sampler_name"] = gr.Dropdown(samplers, value=model.sampler_name,
                                                                 label=G.surface("sampler_name").ui, elem_id=f"{kind}_sampler")
@@ -380,7 +384,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
         for kind, c in tabs.items():
             names = ["prompt", "negative_prompt", "sampler_name", "scheduler", "steps", "width", "height",
                      "batch_size", "n_iter", "cfg_scale", "seed", "subseed", "subseed_strength"] + (
-                ["init_image", "denoising_strength"] if kind == "img2img" else
+                ["init_image", "denoising_strength", "resize_mode"] if kind == "img2img" else
                 ["enable_hr", "hr_upscaler", "hr_second_pass_steps", "denoising_strength", "hr_scale", "hr_sampler_name",
                  "hr_scheduler", "hr_prompt", "hr_negative_prompt"])
 

@@ -195,9 +195,15 @@ def run_app(app: typer.Typer, argv: Sequence[str] | None, prog_name: str) -> Non
         sys.exit(code)
 
 
+def console(*, stderr: bool = False) -> Console:
+    """A rich console for output that holds user text (prompts, names, paths): no emoji codes (``<lora:x:1>`` would
+    print as ``<lora❌1>``) and no highlighting; pass ``markup=False`` (or escape) where user text is printed."""
+    return Console(stderr=stderr, soft_wrap=True, highlight=False, emoji=False)
+
+
 def say(text: str, *, err: bool = False) -> None:
-    """Print text as it is: user text (prompts, names, paths) may hold ``[...]`` that rich would read as markup."""
-    Console(stderr=err, soft_wrap=True, highlight=False, markup=False).print(text)
+    """Print text as it is: user text (prompts, names, paths) may hold ``[...]`` or ``:x:`` that rich would read."""
+    console(stderr=err).print(text, markup=False)
 
 
 def _split_debug(args: list[str]) -> tuple[list[str], bool]:

@@ -57,6 +57,10 @@ class GenerateSettings(SettingsModel):
     denoising_strength: Annotated[float, Field(ge=0, le=1, description="img2img: how much of the init image is "
                                                                         "redrawn (0 keeps it)."),
                                   On(cli=("--denoise",), ui="Denoising strength")] = 0.75
+    resize_mode: Annotated[int, Field(ge=0, le=3, description="img2img: how an init image of another shape is "
+                                      "fitted: 0 just resize, 1 crop and resize, 2 resize and fill, 3 just resize "
+                                      "(latent upscale), as A1111's resize_mode."),
+                           On(ui="Resize mode")] = 0
     clip_skip: Annotated[int, Field(ge=1, le=12, description="CLIP skip: stop at the Nth-from-last text encoder "
                                     "layer (A1111's CLIP_stop_at_last_layers)."),
                          On(ui=None, api=False, why="A1111 sets it with override_settings.CLIP_stop_at_last_layers")

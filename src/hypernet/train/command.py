@@ -42,8 +42,6 @@ def _flags(values: dict[str, Any], extras: dict[str, Any]) -> None:
 
 def _train(settings: TrainSettings) -> None:
     """Train a hypernetwork on a folder of images, like A1111's Train tab: resumable, NaN-safe, Ctrl-C saves."""
-    from rich.console import Console
-
     values = settings.model_dump()
     TrainConfig(**values).check()  # missing folders and files, before torch and the model load
 
@@ -52,7 +50,7 @@ def _train(settings: TrainSettings) -> None:
 
     given = settings.model_fields_set
     if settings.model is None:
-        Console(stderr=True).print(TOY_NOTE, style="dim", markup=False)
+        settings_cli.console(stderr=True).print(TOY_NOTE, style="dim", markup=False)
         values["model"] = str(TOY_CHECKPOINT)
     # what the user gave, over what the checkpoint records (the toy model: its size, steps, rate, batch, template),
     # over A1111's defaults
@@ -79,9 +77,7 @@ class _ProgressBar:
     """rich progress: step/final step, loss, learning rate, it/s and ETA; only the main process shows one."""
 
     def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.console = settings_cli.console(stderr=True)
         self.bar = None
         self.task = None
         self.shown: set[str] = set()  # messages printed already (warnings are printed when they happen)
@@ -120,11 +116,9 @@ class _ProgressBar:
 def _print_result(result: TrainResult, shown: set[str] = frozenset()) -> None:  # type: ignore[assignment]
     if int(os.environ.get("RANK", "0")) != 0:  # accelerate launch: the main process speaks for all
         return
-    from rich.console import Console
-
     from hypernet.train.outputs import made_files
 
-    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    console = settings_cli.console(stderr=True)
     for warning in result.warnings:
         if warning not in shown:
             console.print(f"warning: {warning}", style="yellow", markup=False)
