@@ -226,6 +226,7 @@ def build_ui(state: ServerState) -> gr.Blocks:
         with gr.Tabs() as main_tabs:
             # ---------------------------------------------------------------- txt2img / img2img
             tabs: dict[str, dict[str, Any]] = {}
+            extra: dict[str, tuple[Any, ...]] = {}  # kind -> its extra-networks panel (toggle, panel, search, ...)
             for kind in ("txt2img", "img2img"):
                 with gr.Tab(kind, id=kind):
                     c: dict[str, Any] = {}
@@ -240,6 +241,19 @@ def build_ui(state: ServerState) -> gr.Blocks:
                             with gr.Row():
                                 c["interrupt"] = gr.Button("Interrupt", size="sm", elem_id=f"{kind}_interrupt")
                                 c["skip"] = gr.Button("Skip", size="sm", elem_id=f"{kind}_skip")
+                            extra_toggle = gr.Button("🎴 Extra networks", size="sm",
+                                                     elem_id=f"{kind}_extra_networks_button")
+                    # A1111's extra-networks panel under the prompt: the hypernetwork cards; a click toggles the tag
+                    with gr.Column(visible=False, elem_id=f"{kind}_extra_networks") as extra_panel:
+                        with gr.Row():
+                            extra_search = gr.Textbox(label="Search", placeholder="part of a name", scale=3,
+                                                      elem_id=f"{kind}_extra_networks_search")
+                            extra_refresh = gr.Button("Refresh", size="sm", scale=0,
+                                                      elem_id=f"{kind}_extra_networks_refresh")
+                        extra_cards = gr.Gallery(label="Hypernetworks", columns=8, fit_columns=False,
+                                                 allow_preview=False, height="auto", object_fit="contain",
+                                                 elem_id=f"{kind}_extra_networks_cards")
+                    extra[kind] = (extra_toggle, extra_panel, extra_search, extra_refresh, extra_cards)
                     with gr.Row():
                         with gr.Column():
                             if kind == "img2img":
@@ -480,6 +494,29 @@ def build_ui(state: ServerState) -> gr.Blocks:
 
         for trigger in (refresh.click, hn_tab.select, ui.load, search.submit, sort.change):
             trigger(show_cards, [search, sort], [gallery, card_names, table])
+
+        for kind, (toggle, panel, panel_search, panel_refresh, panel_cards) in extra.items():
+            shown, panel_names = gr.State(False), gr.State([])
+
+            def open_panel(visible: bool, text: str) -> tuple[Any, bool, Any, list[str]]:
+                items, names, _ = cards(text) if not visible else ([], [], "")
+                return (gr.Column(visible=not visible), not visible,
+                        items if not visible else gr.skip(), names if not visible else gr.skip())
+
+            def panel_list(text: str) -> tuple[Any, list[str]]:
+                items, names, _ = cards(text)
+                return items, names
+
+            def panel_click(names: list[str], prompt: str, evt: gr.SelectData) -> Any:
+                """A1111's card click: the tag at the default multiplier, removed again by a second click."""
+                if not 0 <= evt.index < len(names):
+                    return gr.skip()
+                return toggle_tag(prompt, names[evt.index], float(state.option("extra_networks_default_multiplier")))
+
+            toggle.click(open_panel, [shown, panel_search], [panel, shown, panel_cards, panel_names], queue=False)
+            for trigger in (panel_refresh.click, panel_search.submit):
+                trigger(panel_list, panel_search, [panel_cards, panel_names])
+            panel_cards.select(panel_click, [panel_names, tabs[kind]["prompt"]], tabs[kind]["prompt"])
         for trigger in (train_tab.select, ui.load):  # networks made or copied in since the page was built
             trigger(train_parts.refresh, None, train_parts.hypernetwork, show_progress="hidden")
         ui.load(lambda: f"## hypernet · {state.model.checkpoint.title}", None, header)  # the model may have changed
