@@ -161,6 +161,29 @@ def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_avera
     assert state.last_training.result.stopped == "interrupted"
 
 
+def test_the_extra_networks_panel_under_the_prompt_toggles_a_cards_tag(page, fresh) -> None:
+    from hypernet.engine.model_defaults import network_widths
+    from hypernet.network import Hypernetwork
+
+    _, state = fresh
+    generator = state.model.generator
+    Hypernetwork.create("panelnet", network_widths(generator.pipe, generator.info.text_widths), seed=4).save(
+        state.config.hypernetwork_dir / "panelnet.pt")
+    open_tab(page, "img2img")
+    page.fill("#img2img_prompt textarea", "a blue square")
+    assert not page.locator("#img2img_extra_networks_cards").is_visible()
+    page.click("#img2img_extra_networks_button")
+    card = page.locator("#img2img_extra_networks_cards img[alt^='panelnet']")
+    card.wait_for()
+    shot(page, "toy-7b-extra-networks-panel")
+    card.click()
+    page.wait_for_function("document.querySelector('#img2img_prompt textarea').value === 'a blue square <hypernet:panelnet:1>'")
+    card.click()  # a second click takes it out again, as in A1111
+    page.wait_for_function("document.querySelector('#img2img_prompt textarea').value === 'a blue square'")
+    page.click("#img2img_extra_networks_button")
+    page.locator("#img2img_extra_networks_cards").wait_for(state="hidden")
+
+
 @pytest.mark.slow
 def test_training_from_the_ui_with_default_settings_styles_as_much_as_the_demo(page, fresh) -> None:
     """The issue's acceptance: a network of the demo's shape, trained from the Train tab with every setting left as
