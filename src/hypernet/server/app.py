@@ -31,7 +31,7 @@ def create_app(state: ServerState) -> FastAPI:
     app.include_router(build_router(state))
     app.include_router(build_internal_router(state))
     if state.config.ui:
-        from hypernet.server.ui import mount_ui
+        from hypernet.server.ui import mount_ui  # gradio (seconds to import) loads only when the web UI is on
 
         mount_ui(app, state)
     app.add_middleware(GuardMiddleware, credentials=state.config.api_auth,

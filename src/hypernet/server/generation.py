@@ -23,13 +23,17 @@ from PIL import Image
 from pydantic import BaseModel
 
 from hypernet import __version__
+from hypernet.engine.generate import Hooks, Settings
 from hypernet.engine.infotext import image_bytes, parse_infotext, save_image
 from hypernet.errors import HypernetError
 from hypernet.fileio import next_number
+from hypernet.prompt.tags import parse_batch, parse_prompt
+from hypernet.sampling import resolve_sampler
 from hypernet.server.jobs import Job
 from hypernet.server.models import with_defaults
 from hypernet.server.security import ApiError, decode_image
 from hypernet.server.state import ServerState
+from hypernet.server.xyz import is_plot, plan_plot, run_plot_job, save_plot_images
 
 # Request fields we accept but do not implement: a warning in ``info`` says so, as they change the result.
 UNSUPPORTED_FLAGS = {
@@ -109,11 +113,6 @@ class Outcome:
 
 def plan_request(state: ServerState, request: BaseModel, kind: str) -> Plan:
     """Validate a txt2img/img2img request against the loaded model and the limits (raises 4xx errors)."""
-    from hypernet.engine.generate import Settings
-    from hypernet.prompt.tags import parse_batch, parse_prompt
-    from hypernet.sampling import resolve_sampler
-    from hypernet.server.xyz import is_plot, plan_plot
-
     values = with_defaults(request)
     if values.get("infotext"):
         _fill_from_infotext(values, request.model_fields_set)
@@ -246,9 +245,6 @@ def run_plan(state: ServerState, plan: Plan, job: Job) -> Outcome:
 
 
 def _generate(state: ServerState, plan: Plan, job: Job) -> Outcome:
-    from hypernet.engine.generate import Hooks
-    from hypernet.server.xyz import run_plot_job
-
     generator = state.model.generator
     s = plan.settings
     if plan.plot is not None:
@@ -290,8 +286,6 @@ def _steps_run(s: Any) -> int:
 
 def respond(state: ServerState, plan: Plan, outcome: Outcome) -> dict[str, Any]:
     """A1111's response: raw base64 images, the request echoed with defaults, and ``info`` as a JSON string."""
-    from hypernet.server.xyz import save_plot_images
-
     option = lambda key: plan.overrides.get(key, state.option(key))  # noqa: E731
     fmt = str(option("samples_format")).lower()
     with_info = bool(option("enable_pnginfo"))

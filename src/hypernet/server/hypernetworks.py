@@ -18,12 +18,15 @@ from fastapi.concurrency import run_in_threadpool
 from hypernet.engine.attention import attention_widths
 from hypernet.errors import HypernetError
 from hypernet.network import Hypernetwork
+from hypernet.prepare import PreprocessOptions, preprocess
 from hypernet.server.jobs import Job, wait_for_job
 from hypernet.server.security import ApiError, check_plain_name, confine
 from hypernet.server.state import KEPT_RUNS, OPTION_DEFAULTS, ServerState, TrainingRecord
 from hypernet.settings import CreateSettings, SettingsError
 from hypernet.settings.base import field_names
 from hypernet.settings.train import SERVER_DECIDES, TrainSettings
+from hypernet.train import AlreadyTrained, TrainConfig, train_hypernetwork
+from hypernet.train.dataset import available_templates
 
 log = logging.getLogger("hypernet.server")
 
@@ -60,8 +63,6 @@ def create_hypernetwork(state: ServerState, body: dict[str, Any]) -> Path:
 
 def preprocess_job(state: ServerState, body: dict[str, Any]) -> Callable[[Job], Any]:
     """A1111's v1.6 ``preprocess`` keyword arguments -> a job; both folders must lie inside ``--data-dir``."""
-    from hypernet.prepare import PreprocessOptions, preprocess
-
     src = confine(state.config.data_dir, body.get("process_src"), "process_src")
     dst = confine(state.config.data_dir, body.get("process_dst"), "process_dst")
     options = PreprocessOptions.from_a1111(body)
@@ -86,9 +87,6 @@ SERVER_ONLY_KEYS = frozenset(k for k in TrainSettings.model_fields if TrainSetti
 
 def train_config(state: ServerState, body: dict[str, Any]) -> Any:
     """A1111's ``train_hypernetwork`` body -> a checked TrainConfig whose every path lies in a configured folder."""
-    from hypernet.train import TrainConfig
-    from hypernet.train.dataset import available_templates
-
     refused = sorted(SERVER_ONLY_KEYS & body.keys())
     if refused:
         raise ApiError(403, f"{', '.join(refused)} cannot be set over HTTP; the server's configuration decides them.")
@@ -121,8 +119,6 @@ def train_config(state: ServerState, body: dict[str, Any]) -> Any:
 
 def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
     """Train on the loaded model inside the job queue; progress, loss history and the last preview go on the job."""
-    from hypernet.train import train_hypernetwork
-
     def run(job: Job) -> Any:
         state.reload()
         generator = state.model.generator
@@ -136,7 +132,9 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
         def progress(p: Any) -> None:
             live.update(phase=p.phase, step=p.step, final_step=p.final_step, start_step=p.start_step, loss=p.loss,
                         loss_avg=p.loss_avg, learn_rate=p.learn_rate, message=p.message, last_saved=p.last_saved,
-                        last_preview=p.last_preview, eta_s=p.eta_s, it_per_s=p.it_per_s)
+                        last_preview=p.last_preview, eta_s=p.eta_s, it_per_s=p.it_per_s,
+                        recommended_step=p.recommended_step, overcooked=p.overcooked,
+                        validation_loss=p.validation_loss)
             if p.loss is not None and (not losses or losses[-1][0] != p.step):
                 losses.append((p.step, p.loss))
             job.job_no, job.job_count = p.step, max(p.final_step, 1)
@@ -170,7 +168,7 @@ def training_summary(record: TrainingRecord | None) -> dict[str, Any] | None:
     result = record.result
     if result is not None:
         summary |= {"phase": "done", "step": result.step, "stopped": result.stopped, "message": result.message,
-                    "filename": result.filename, "log_directory": result.log_directory}
+                    "filename": result.filename, "log_directory": result.log_directory} | health_fields(result)
     else:
         summary |= {"phase": "failed", "stopped": "error", "message": record.error}
     return summary
@@ -178,8 +176,6 @@ def training_summary(record: TrainingRecord | None) -> dict[str, Any] | None:
 
 def train_info(state: ServerState, config: Any, result: Any = None, error: Exception | None = None) -> dict[str, Any]:
     """A1111's answer ("train embedding complete: filename: F error: E", its copy-paste wording) plus our details."""
-    from hypernet.train import AlreadyTrained
-
     if isinstance(error, AlreadyTrained):  # A1111 returns the file untouched and no error
         path = state.model.generator.available().get(config.name, "")
         return {"info": f"train embedding complete: filename: {path} error: None", "message": str(error)}
@@ -194,7 +190,13 @@ def train_info(state: ServerState, config: Any, result: Any = None, error: Excep
         "log_directory": result.log_directory,
         "last_preview": result.last_preview,
         "warnings": result.warnings,
-    }
+    } | health_fields(result)
+
+
+def health_fields(result: Any) -> dict[str, Any]:
+    """A finished run's training health: the snapshot to keep, whether training went past it, every measurement."""
+    return {"recommended_step": result.recommended_step, "recommended_snapshot": result.recommended_snapshot,
+            "overcooked": result.overcooked, "health": [h.row() for h in result.health]}
 
 
 def add_routes(api: APIRouter, state: ServerState) -> None:

@@ -18,10 +18,14 @@ from types import MappingProxyType
 from typing import Any
 
 from hypernet.defaults import A1111_EMBEDDINGS_DIR, A1111_HYPERNETWORK_DIR, A1111_LORA_DIR, TOY_CHECKPOINT, TOY_NOTE
+from hypernet.engine.generate import Generator
+from hypernet.engine.loading import open_model
 from hypernet.errors import HypernetError
+from hypernet.prompt.tags import resolve_hypernetwork
 from hypernet.server.jobs import JobQueue
 from hypernet.settings import SettingsError
 from hypernet.settings.server import ServerOptions, plain_json
+from hypernet.settings.train import TrainSettings
 
 log = logging.getLogger("hypernet.server")
 
@@ -270,8 +274,6 @@ class ServerState:
         if name is not None and name != "None":
             available = self.model.generator.available()
             if name not in available:
-                from hypernet.prompt.tags import resolve_hypernetwork
-
                 resolve_hypernetwork(name, available)  # raises with a did-you-mean message
         return clean
 
@@ -293,8 +295,6 @@ def _empty_cuda_cache() -> None:
 
 def training_defaults() -> dict[str, Any]:
     """The trainer's own defaults for the A1111 settings it reads (it differs from A1111 where resume needs it)."""
-    from hypernet.settings.train import TrainSettings
-
     return {name: f.default for name, f in TrainSettings.model_fields.items() if name in OPTION_DEFAULTS}
 
 
@@ -313,9 +313,6 @@ def scan_checkpoints(config: ServerConfig) -> list[Checkpoint]:
 
 def load_model(checkpoint: Checkpoint, config: ServerConfig) -> LoadedModel:
     """Load a checkpoint onto the configured device, as ``hypernet generate`` does (same memory options)."""
-    from hypernet.engine.generate import Generator
-    from hypernet.engine.loading import open_model
-
     log.info("loading %s (%s, %s)", checkpoint.path, config.device or "default device", config.precision)
     pipe, info = open_model(checkpoint.path, precision=config.precision, device=config.device,
                             medvram=config.medvram, lowvram=config.lowvram)

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hypernet.network import Hypernetwork
 from hypernet.server.state import Limits, ServerConfig
+from hypernet.testing import TEXT_WIDTHS, UNET_CHANNELS, save_single_file, tiny_pipeline
 
 STYLE_NETWORK = "style"
 
@@ -32,9 +34,6 @@ def write_training_images(folder: Path, count: int = 4, size: int = 64) -> Path:
 def tiny_server_config(root: str | Path, *, ui: bool = False, api_auth: tuple[tuple[str, str], ...] = (),
                        limits: Limits | None = None) -> ServerConfig:
     """Write (once) a tiny SD1 checkpoint, the ``style`` hypernetwork and a training set under ``root``."""
-    from hypernet.network import Hypernetwork
-    from hypernet.testing import TEXT_WIDTHS, UNET_CHANNELS, save_single_file, tiny_pipeline
-
     root = Path(root)
     checkpoint = root / "models" / "Stable-diffusion" / "tiny-sd1.safetensors"
     if not checkpoint.exists():

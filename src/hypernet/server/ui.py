@@ -23,25 +23,31 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from hypernet.engine.hires import UPSCALERS  # noqa: E402
 from hypernet.engine.infotext import parse_infotext, read_infotext  # noqa: E402
-from hypernet.engine.upscalers import list_esrgan  # noqa: E402
-from hypernet.engine.paste import settings_from_infotext  # noqa: E402
 from hypernet.engine.model_defaults import network_widths  # noqa: E402
+from hypernet.engine.paste import settings_from_infotext  # noqa: E402
 from hypernet.engine.resize import RESIZE_MODES  # noqa: E402
+from hypernet.engine.upscalers import list_esrgan  # noqa: E402
 from hypernet.errors import HypernetError  # noqa: E402
 from hypernet.network import describe_file  # noqa: E402
-from hypernet.sampling import resolve_sampler  # noqa: E402
+from hypernet.sampling import SAMPLERS, SCHEDULES, resolve_sampler  # noqa: E402
 from hypernet.server.export_ui import export_panel  # noqa: E402
 from hypernet.server.generation import Outcome, plan_request, run_plan  # noqa: E402
-from hypernet.server.hypernetworks import create_hypernetwork  # noqa: E402
+from hypernet.server.hypernetworks import (  # noqa: E402
+    create_hypernetwork,
+    preprocess_job,
+    train_config,
+    training_job,
+)
 from hypernet.server.inputs import component, ui_fields  # noqa: E402
 from hypernet.server.models import M  # noqa: E402
+from hypernet.server.security import encode_png_b64  # noqa: E402
 from hypernet.server.state import ServerState  # noqa: E402
-from hypernet.server.ui_networks import network_tabs  # noqa: E402
 from hypernet.server.ui_grid import XYZControls  # noqa: E402
-from hypernet.train.outputs import moving_average  # noqa: E402
-from hypernet.settings import CreateSettings, PreprocessSettings  # noqa: E402
-from hypernet.settings import GenerateSettings as G  # noqa: E402
+from hypernet.server.ui_networks import network_tabs  # noqa: E402
+from hypernet.settings import CreateSettings, GenerateSettings as G, PreprocessSettings  # noqa: E402
 from hypernet.settings.train import TrainSettings  # noqa: E402
+from hypernet.train.dataset import available_templates  # noqa: E402
+from hypernet.train.outputs import moving_average  # noqa: E402
 
 CSS = """
 #hn_cards .caption-label { white-space: normal; }
@@ -69,14 +75,10 @@ def _user_error(error: Exception) -> gr.Error:
 
 
 def _sampler_names() -> list[str]:
-    from hypernet.sampling import SAMPLERS
-
     return [s.name for s in SAMPLERS]
 
 
 def _schedule_labels() -> list[str]:
-    from hypernet.sampling import SCHEDULES
-
     return [s.label for s in SCHEDULES]
 
 
@@ -416,7 +418,6 @@ def build_ui(state: ServerState) -> gr.Blocks:
                 if kind == "img2img":
                     if init is None:
                         raise gr.Error("Add an image to start from.", print_exception=False)
-                    from hypernet.server.security import encode_png_b64
 
                     fields["init_images"] = [encode_png_b64(init)]
                 yield from generate(kind, fields)
@@ -581,8 +582,6 @@ class TrainingTabs:
     """The Preprocess and Train sub-tabs; ``hypernetwork`` is the dropdown other tabs refresh after a create."""
 
     def __init__(self, state: ServerState, txt2img: dict[str, Any]) -> None:
-        from hypernet.train.dataset import available_templates
-
         # the loaded model's training defaults (its native size; what its checkpoint records), else A1111's
         defaults = TrainSettings(**{name: value for name, value in state.model.generator.defaults.training().items()
                                     if name in TrainSettings.model_fields})
@@ -665,8 +664,6 @@ class TrainingTabs:
             timer = gr.Timer(1.0)
 
         def on_preprocess(src: str, dst: str, *values: Any) -> str:
-            from hypernet.server.hypernetworks import preprocess_job
-
             body = {"process_src": src, "process_dst": dst}
             body |= {P.model_fields[name].alias or name: value for name, value in zip(pre, values)}
             try:
@@ -682,8 +679,6 @@ class TrainingTabs:
                         "preview_cfg_scale", "preview_seed", "preview_width", "preview_height")
 
         def on_train(name: str, use_txt2img: bool, *values: Any) -> tuple[str, str, Any]:
-            from hypernet.server.hypernetworks import train_config, training_job
-
             body: dict[str, Any] = {"hypernetwork_name": name or "", "preview_from_txt2img": use_txt2img}
             body |= dict(zip(train, values))  # field name -> value; TrainSettings checks and converts them
             if use_txt2img:  # A1111's "Read parameters from txt2img": the txt2img tab's inputs

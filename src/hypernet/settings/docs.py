@@ -16,6 +16,11 @@ from pydantic import BaseModel
 from hypernet.settings import limits as L
 from hypernet.settings.base import surface_of
 from hypernet.settings.cli import bounds_text, choices, is_argument
+from hypernet.settings.create import CreateSettings
+from hypernet.settings.folders import Folders
+from hypernet.settings.generate import GenerateSettings
+from hypernet.settings.preprocess import PreprocessSettings
+from hypernet.settings.train import TrainSettings
 
 
 def _default(model: type[BaseModel], name: str) -> str:
@@ -69,12 +74,6 @@ def limits_table() -> str:
 
 def tables() -> dict[str, Callable[[], str]]:
     """Marker name -> table writer."""
-    from hypernet.settings.create import CreateSettings
-    from hypernet.settings.folders import Folders
-    from hypernet.settings.generate import GenerateSettings
-    from hypernet.settings.preprocess import PreprocessSettings
-    from hypernet.settings.train import TrainSettings
-
     return {
         "limits": limits_table,
         "create": lambda: settings_table(CreateSettings),
