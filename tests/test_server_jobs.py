@@ -189,10 +189,14 @@ def test_training_over_http_sync_and_async(server, url) -> None:
     assert api.custom_post("sdapi/v1/create/hypernetwork", create).info.startswith("create hypernetwork filename:")
     path = state.config.hypernetwork_dir / "trained.pt"
 
-    done = api.custom_post("sdapi/v1/train/hypernetwork", train_body("trained"))
+    done = api.custom_post("sdapi/v1/train/hypernetwork", train_body("trained", save_hypernetwork_every=1,
+                                                                     health_probes=1))
     assert done.info == f"train embedding complete: filename: {path} error: None"
     assert load_hypernetwork(path).step == 2
     assert done.json["stopped"] == "finished"
+    # training health: the start and both snapshots measured, the recommendation (if any) among the snapshots
+    assert [row["step"] for row in done.json["health"]] == [0, 1, 2] and done.json["recommended_step"] in (None, 1, 2)
+    assert isinstance(done.json["overcooked"], bool) and done.json["health"][1]["fidelity"] != ""
     already = api.custom_post("sdapi/v1/train/hypernetwork", train_body("trained"))
     assert already.info == f"train embedding complete: filename: {path} error: None"
     assert "already been trained" in already.json["message"]

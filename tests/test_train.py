@@ -353,7 +353,8 @@ def test_cli_trains_and_reports_errors_in_one_sentence(tmp_path: Path, sd1, caps
     assert params["Prompt"] == "a red thing <hypernet:cli net-2:1>"
     assert params["Seed"] == "5" and params["Steps"] == "2" and params["Sampler"] == "Euler"
     assert f"In {preview.parent.parent}: 2 snapshots in hypernetworks/, 1 preview in images/, loss.png, " \
-           "contact_sheet.png." in " ".join(outcome.output.split())  # only what was made (no CSV: every 500)
+           "contact_sheet.png, health.csv." in " ".join(outcome.output.split())  # only what was made (no loss CSV)
+    assert "hypernet pick" in outcome.output  # snapshots were measured: the command that compares them
 
     with pytest.raises(SystemExit) as exit_info:
         main(["cli net", "--data", str(tmp_path / "nowhere"), "--hypernetwork-dir", str(hn_dir)])

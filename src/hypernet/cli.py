@@ -17,6 +17,7 @@ from hypernet.errors import HypernetError
 from hypernet.export.command import bake, export_lora
 from hypernet.fileio import next_number
 from hypernet.grid.command import grid
+from hypernet.grid.pick import pick
 from hypernet.prepare.command import preprocess
 from hypernet.server.command import serve
 from hypernet.settings import CreateSettings, GenerateSettings
@@ -39,6 +40,7 @@ app.command()(serve)
 app.command("export-lora")(export_lora)
 app.command()(bake)
 app.command()(grid)
+app.command()(pick)
 
 DEFAULT_HN_DIR = field_default(Folders, "hypernetwork_dir", Path)
 HnDir = Annotated[Path, field_option(Folders, "hypernetwork_dir")]

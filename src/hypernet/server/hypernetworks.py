@@ -132,7 +132,9 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
         def progress(p: Any) -> None:
             live.update(phase=p.phase, step=p.step, final_step=p.final_step, start_step=p.start_step, loss=p.loss,
                         loss_avg=p.loss_avg, learn_rate=p.learn_rate, message=p.message, last_saved=p.last_saved,
-                        last_preview=p.last_preview, eta_s=p.eta_s, it_per_s=p.it_per_s)
+                        last_preview=p.last_preview, eta_s=p.eta_s, it_per_s=p.it_per_s,
+                        recommended_step=p.recommended_step, overcooked=p.overcooked,
+                        validation_loss=p.validation_loss)
             if p.loss is not None and (not losses or losses[-1][0] != p.step):
                 losses.append((p.step, p.loss))
             job.job_no, job.job_count = p.step, max(p.final_step, 1)
@@ -166,7 +168,7 @@ def training_summary(record: TrainingRecord | None) -> dict[str, Any] | None:
     result = record.result
     if result is not None:
         summary |= {"phase": "done", "step": result.step, "stopped": result.stopped, "message": result.message,
-                    "filename": result.filename, "log_directory": result.log_directory}
+                    "filename": result.filename, "log_directory": result.log_directory} | health_fields(result)
     else:
         summary |= {"phase": "failed", "stopped": "error", "message": record.error}
     return summary
@@ -188,7 +190,13 @@ def train_info(state: ServerState, config: Any, result: Any = None, error: Excep
         "log_directory": result.log_directory,
         "last_preview": result.last_preview,
         "warnings": result.warnings,
-    }
+    } | health_fields(result)
+
+
+def health_fields(result: Any) -> dict[str, Any]:
+    """A finished run's training health: the snapshot to keep, whether training went past it, every measurement."""
+    return {"recommended_step": result.recommended_step, "recommended_snapshot": result.recommended_snapshot,
+            "overcooked": result.overcooked, "health": [h.row() for h in result.health]}
 
 
 def add_routes(api: APIRouter, state: ServerState) -> None:

@@ -203,6 +203,21 @@ class TrainSettings(SettingsModel):
     max_bad_steps: Annotated[int, Field(ge=1, le=100000, description="Stop after this many NaN/inf steps in a "
                                         "row."),
                              On(ui=None, why="a safety net the UI leaves at its default")] = 10
+    # training health (hypernet.train.health), measured at the start and at every snapshot
+    validation_split: Annotated[int, Field(ge=-1, le=100000, description="Images held out of training for the "
+                                           "validation loss measured at every snapshot (0: none; -1: a few when "
+                                           "the dataset has 20 or more)."),
+                                On(ui=None, expect="-1 (automatic), 0 or a positive whole number",
+                                   why="training health's defaults suit a first network; the UI leaves them")] = -1
+    health_probes: Annotated[int, Field(ge=0, le=64, description="Probe images generated at every snapshot to "
+                                        "judge style and over-cooking (0: none)."),
+                             On(ui=None, why="training health's defaults suit a first network; the UI leaves "
+                                "them")] = 4
+    stop_when_overcooked: Annotated[bool, Field(description="Stop when a snapshot over-cooks, and keep the "
+                                                "recommended snapshot as the final network."),
+                                    On(cli=("--stop-when-overcooked",), ui=None,
+                                       why="training health's defaults suit a first network; the UI leaves "
+                                       "them")] = False
 
     @field_validator("learn_rate", "clip_grad_value", mode="before")
     @classmethod

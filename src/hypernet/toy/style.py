@@ -58,9 +58,12 @@ def train_style(
     learn_rate: str = "2e-3",
     seed: int = 0,
     latent_sampling_method: str = "deterministic",
+    save_every: int = 0,
+    stop_when_overcooked: bool = False,
     progress: ProgressCallback | None = None,
 ) -> TrainResult:
-    """Create ``name`` for the toy model's text and attention widths and train it on ``data_dir`` for ``steps``."""
+    """Create ``name`` for the toy model's text and attention widths and train it on ``data_dir`` for ``steps``
+    (snapshots every ``save_every`` steps, each measured for training health)."""
     widths = sorted({*info.text_widths, *attention_widths(pipe.unet)})
     net = Hypernetwork.create(name, widths, layer_structure=[1, 2, 1], activation_func="swish",
                               weight_init="XavierNormal", seed=seed)
@@ -76,7 +79,8 @@ def train_style(
         steps=steps,
         latent_sampling_method=latent_sampling_method,
         create_image_every=0,
-        save_hypernetwork_every=0,
+        save_hypernetwork_every=save_every,
+        stop_when_overcooked=stop_when_overcooked,
         template_filename="filewords.txt",  # "[filewords]": the toy text encoder knows only captions
         hypernetwork_dir=str(hypernetwork_dir),
         training_write_csv_every=50,

@@ -104,7 +104,7 @@ class _ProgressBar:
             return
         loss = p.loss_avg if p.loss_avg is not None else p.loss
         self.bar.update(
-            self.task, completed=p.step, description={"preview": "preview", "saving": "saving"}.get(p.phase, f"epoch {p.epoch}"),
+            self.task, completed=p.step, description={"preview": "preview", "saving": "saving", "health": "health"}.get(p.phase, f"epoch {p.epoch}"),
             loss=f"{loss:.5f}" if loss is not None else "-", lr=f"{p.learn_rate:.3g}",
             speed=f"{p.it_per_s:.2f} it/s" if p.it_per_s else "",
         )
@@ -126,3 +126,5 @@ def _print_result(result: TrainResult, shown: set[str] = frozenset()) -> None:  
     made = made_files(Path(result.log_directory)) if result.log_directory else []
     if made:
         console.print(f"In {result.log_directory}: {', '.join(made)}.", markup=False)
+    if result.health and result.log_directory:
+        console.print(f"Compare the best snapshots side by side: hypernet pick {result.log_directory}", markup=False)

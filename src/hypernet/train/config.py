@@ -74,6 +74,6 @@ class TrainConfig(TrainSettings):
         if self.preview_from_txt2img:
             out |= {key: getattr(self, key) for key in preview}
         ours = ["varsize", "shuffle_tags", "tag_drop_out", "use_weight", "clip_skip", "precision", "gradient_checkpointing",
-                "resume_from", "model", "vae"]
+                "resume_from", "model", "vae", "validation_split", "health_probes", "stop_when_overcooked"]
         out |= {key: getattr(self, key) for key in ours}
         return extra | out

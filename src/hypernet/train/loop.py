@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,12 +27,13 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 from diffusers import DDPMScheduler, DiffusionPipeline
+from PIL import Image
 
 from hypernet import __version__
 from hypernet.engine.attention import attention_widths, install_hypernetworks, installed_stack, uninstall_hypernetworks
 from hypernet.engine.checkpoints import ModelInfo, load_pipeline
 from hypernet.engine.conditioning import PromptEncoder
-from hypernet.engine.generate import Generator, Settings
+from hypernet.engine.generate import Generator, Result, Settings
 from hypernet.engine.model_defaults import ModelDefaults, checkpoint_defaults, model_defaults
 from hypernet.errors import HypernetError
 from hypernet.fileio import short_hash
@@ -40,7 +41,9 @@ from hypernet.network import Hypernetwork, list_hypernetworks, load_hypernetwork
 from hypernet.sampling import resolve_sampler
 from hypernet.train.config import WARNING, TrainConfig
 from hypernet.train.dataset import Batch, TrainingDataset, build_dataset, derive_seed, pad_and_stack, read_template, resolve_template
-from hypernet.train.outputs import RunOutputs, run_folder, snapshot_step, snapshots_of
+from hypernet.train.health import (HealthMonitor, SnapshotHealth, Verdict, restore_snapshot, split_validation,
+                                   validation_batches, write_health_csv)
+from hypernet.train.outputs import HEALTH_CSV, RunOutputs, run_folder, snapshot_step, snapshots_of
 from hypernet.train.schedule import LearnRateSchedule
 
 PREVIEW_DEFAULTS = {"sampler_name": "Euler a", "steps": 20, "cfg_scale": 7.0}  # A1111's processing defaults
@@ -70,6 +73,9 @@ class TrainProgress:
     message: str = ""
     grad_norm: float | None = None  # the gradients' norm the update used (unscaled, clipped); None: skipped
     loss_scale: float | None = None  # fp16's dynamic loss scale after the step; None without fp16
+    recommended_step: int | None = None  # training health: the snapshot to keep so far
+    overcooked: bool = False  # a snapshot after it has over-cooked
+    validation_loss: float | None = None  # at the latest snapshot
 
 
 @dataclass
@@ -77,7 +83,7 @@ class TrainResult:
     filename: str | None  # the final network file (None when no step was trained)
     step: int
     start_step: int
-    stopped: str  # "finished", "schedule_finished", "interrupted", "diverged", "error"
+    stopped: str  # "finished", "schedule_finished", "interrupted", "diverged", "overcooked", "error"
     message: str  # one sentence for the user
     log_directory: str | None
     seed: int
@@ -85,6 +91,10 @@ class TrainResult:
     last_preview: str | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    recommended_step: int | None = None  # training health (hypernet.train.health): the snapshot to keep
+    recommended_snapshot: str | None = None
+    overcooked: bool = False
+    health: list[SnapshotHealth] = field(default_factory=list)  # the start, then every snapshot
 
 
 ProgressCallback = Callable[[TrainProgress], None]
@@ -229,8 +239,10 @@ class Run:
     offloaded: tuple[torch.nn.Module, ...]  # models parked on the CPU while training (back for previews)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    previewer: Generator | None  # main process, when previews are asked for
+    previewer: Generator | None  # main process, when previews or health probes are asked for
     outputs: RunOutputs | None  # main process only
+    health: HealthMonitor | None  # main process, when snapshots are saved
+    probes: tuple[Settings, ...]  # the health probes' generations, the same at every snapshot
     warnings: tuple[str, ...]
     resumed: Path | None = None  # the interrupted run's snapshot this run continues from
 
@@ -257,6 +269,7 @@ class History:
     last_snapshot: str | None = None
     last_preview: str | None = None
     last_prompts: list[str] = field(default_factory=list)
+    overcooked: bool = False  # stop_when_overcooked: a snapshot over-cooked, stop before the next step
     times: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=20))
 
 
@@ -336,6 +349,7 @@ def prepare(
     if data.skipped:
         warnings.append(f"{len(data.skipped)} files in {c.data_root} are not readable images and were left out: "
                         + "; ".join(data.skipped) + ".")
+    data, held = split_validation(data, c.validation_split, seed)
     warnings += data.notes
     offloaded = (pipe.vae, *([] if c.dynamic_captions else encoders))
     if c.unload_models_when_training and procs.device.type != "cpu":
@@ -349,7 +363,12 @@ def prepare(
     if installed_stack(pipe.unet) is None:  # a caller's model (a server's) keeps the stack it has
         cleanup.callback(uninstall_hypernetworks, pipe.unet)
     cleanup.enter_context(install_hypernetworks(pipe.unet).applied([(hn, 1.0)]))
-    previewer = Generator(pipe, info, c.hypernetwork_dir) if procs.main and c.create_image_every else None
+    health = probes = None
+    if procs.main and c.save_hypernetwork_every:
+        validation = validation_batches(held, seed, noise_scheduler.config.num_train_timesteps, info.family == "sdxl", encode)
+        probes = probe_settings(c, data, seed)
+        health = HealthMonitor(validation, reference_images(data) if probes else [])
+    previewer = Generator(pipe, info, c.hypernetwork_dir) if procs.main and (c.create_image_every or probes) else None
     optimizer = make_optimizer(hn, lr_schedule.value, warnings)
     scaler = torch.amp.GradScaler(procs.device.type, enabled=amp_dtype == torch.float16)
     if c.gradient_checkpointing == "on":
@@ -386,19 +405,22 @@ def prepare(
         say(WARNING + warning)
     return Run(c, procs, hn, final_path, template_path, seed, start_step, final_step, lr_schedule, clip_schedule,
                pipe, info, amp_dtype, noise_scheduler, encode, data, offloaded, optimizer, scaler, previewer, outputs,
-               tuple(warnings), resumed)
+               health, tuple(probes or ()), tuple(warnings), resumed)
 
 
 # ================================================================================================ the loop
 def train_loop(run: Run, history: History, should_stop: Callable[[], bool], progress: ProgressCallback | None) -> str:
-    """The run, top to bottom. Returns why it ended: finished, schedule_finished, interrupted or diverged."""
+    """The run, top to bottom. Returns why it ended: finished, schedule_finished, interrupted, diverged or
+    overcooked."""
     c, hn, optimizer, scaler, params = run.config, run.hn, run.optimizer, run.scaler, run.params
     step, bad = hn.step, 0
     history.times.append((time.perf_counter(), step))
+    if run.health is not None:  # the network as training found it: what every snapshot is compared with
+        measure_health(run, history, step, None, progress)
     report(run, history, progress, "training", step)
     while step < c.steps:
-        if run.procs.any(should_stop()):
-            return "interrupted"
+        if run.procs.any(should_stop() or history.overcooked):
+            return "overcooked" if run.procs.any(history.overcooked) else "interrupted"
         run.lr_schedule.apply(optimizer, step)
         if run.lr_schedule.finished:
             return "schedule_finished"
@@ -439,11 +461,13 @@ def train_loop(run: Run, history: History, should_stop: Callable[[], bool], prog
             report(run, history, progress, "saving", step, loss=loss)
             history.last_snapshot = str(save_network(run, run.outputs.snapshot_path(step)))
             run.outputs.write_loss_curve(history.losses)
+            if run.health is not None:
+                measure_health(run, history, step, history.last_snapshot, progress)
         if run.previewer is not None and c.create_image_every and step % c.create_image_every == 0:
             report(run, history, progress, "preview", step, loss=loss)
             history.last_preview = str(preview(run, history, step))
         report(run, history, progress, "training", step, loss=loss, grad_norm=grad_norm)
-    return "finished"
+    return "overcooked" if run.procs.any(history.overcooked) else "finished"
 
 
 # ============================================================================================ its pieces
@@ -526,23 +550,76 @@ def preview(run: Run, history: History, step: int) -> Path:
         width, height = run.data.items[0].size if c.varsize else (c.training_width, c.training_height)
         settings = Settings(prompt=prompt, seed=seed, width=width, height=height, clip_skip=c.clip_skip,
                             **PREVIEW_DEFAULTS)
-    assert run.previewer is not None and run.outputs is not None
-    moved = [m for m in run.offloaded if m.device != run.device]
-    run.hn.eval()
+    assert run.outputs is not None
     # the infotext's tag names this step's snapshot when there is one (copied into the hypernetwork folder, PNG Info
     # reproduces the preview), else the network
     snapshot = run.outputs.snapshot_path(step)
-    run.hn.name = snapshot.stem if history.last_snapshot == str(snapshot) else c.name
+    (result,) = render(run, [settings], snapshot.stem if history.last_snapshot == str(snapshot) else c.name)
+    return run.outputs.save_preview(result.images[0], result.infotexts[0], step)
+
+
+def render(run: Run, settings: Sequence[Settings], name: str) -> list[Result]:
+    """Generations with the network as it is now (eval mode: no dropout; ``name`` in their infotexts), the
+    offloaded models back for them."""
+    assert run.previewer is not None
+    moved = [m for m in run.offloaded if m.device != run.device]
+    run.hn.eval()
+    run.hn.name = name
     try:
         for module in moved:
             module.to(run.device)
-        result = run.previewer.generate(settings, extra_networks=[(run.hn, 1.0)])
+        return [run.previewer.generate(s, extra_networks=[(run.hn, 1.0)]) for s in settings]
     finally:
-        run.hn.name = c.name
+        run.hn.name = run.config.name
         run.hn.train()
         for module in moved:
             module.to("cpu")
-    return run.outputs.save_preview(result.images[0], result.infotexts[0], step)
+
+
+# ============================================================================================ training health
+def probe_settings(c: TrainConfig, data: TrainingDataset, seed: int) -> list[Settings]:
+    """The health probes: ``health_probes`` training captions at fixed seeds and the training size, sampled as the
+    previews are; the same generations at every snapshot."""
+    sampling = ({"sampler_name": c.preview_sampler_name, "steps": c.preview_steps, "cfg_scale": c.preview_cfg_scale}
+                if c.preview_from_txt2img else PREVIEW_DEFAULTS)
+    probes = []
+    for i in range(min(c.health_probes, len(data.items))):
+        prompt = data.prompt(i, random.Random(derive_seed(seed, "probe-prompt", i)))
+        width, height = data.items[i].size
+        probes.append(Settings(prompt=prompt, seed=derive_seed(seed, "probe", i) % 2**32, width=width, height=height,
+                               clip_skip=c.clip_skip, **sampling))
+    return probes
+
+
+def reference_images(data: TrainingDataset) -> list[Image.Image]:
+    """The training images at their training size: the look the probes' colours are compared with."""
+    images = []
+    for item in data.items:
+        with suppress(OSError, ValueError), Image.open(item.path) as image:
+            images.append(image.convert("RGB").resize(item.size))
+    return images
+
+
+def measure_health(run: Run, history: History, step: int, path: str | None, progress: ProgressCallback | None) -> Verdict:
+    """The health figures of the network now (validation loss, probes) at the start and after every snapshot;
+    with ``stop_when_overcooked``, an over-cooked verdict ends the run before the next step."""
+    assert run.health is not None
+    report(run, history, progress, "health", step)
+    measured = run.health.history[-1].step if run.health.history else -1
+    recent = [loss for s, loss in history.losses if s > measured]
+    images = [r.images[0] for r in render(run, run.probes, run.config.name)] if run.probes else []
+
+    def loss(batch: Batch) -> torch.Tensor:
+        with torch.autocast(run.device.type, dtype=run.amp_dtype or torch.float32, enabled=run.amp_dtype is not None):
+            return diffusion_loss(run.unet, run.noise_scheduler, batch)
+
+    run.hn.eval()
+    try:
+        verdict = run.health.measure(step, path, sum(recent) / len(recent) if recent else None, images, loss, run.device)
+    finally:
+        run.hn.train()
+    history.overcooked = verdict.overcooked and run.config.stop_when_overcooked
+    return verdict
 
 
 def report(run: Run, history: History, progress: ProgressCallback | None, phase: str, step: int, *,
@@ -551,6 +628,7 @@ def report(run: Run, history: History, progress: ProgressCallback | None, phase:
     """Tell ``progress`` (main process) where the run is: step, epoch, rates, the last files written."""
     if progress is None or not run.procs.main:
         return
+    verdict = run.health.verdict() if run.health is not None else None
     spe = run.data.steps_per_epoch
     epoch, epoch_step = divmod(max(step - 1, 0), spe)
     recent = [value for _, value in history.losses[-spe:]]
@@ -558,7 +636,10 @@ def report(run: Run, history: History, progress: ProgressCallback | None, phase:
                       loss_avg=sum(recent) / len(recent) if recent else None,
                       learn_rate=run.optimizer.param_groups[0]["lr"], last_preview=history.last_preview,
                       last_saved=last_saved or history.last_snapshot, message=message, grad_norm=grad_norm,
-                      loss_scale=run.scaler.get_scale() if run.scaler.is_enabled() else None)
+                      loss_scale=run.scaler.get_scale() if run.scaler.is_enabled() else None,
+                      recommended_step=verdict.best_step if verdict else None,
+                      overcooked=bool(verdict and verdict.overcooked),
+                      validation_loss=run.health.history[-1].validation_loss if run.health and run.health.history else None)
     (t0, s0), (t1, s1) = history.times[0], history.times[-1]
     if s1 > s0:
         p.it_per_s = (s1 - s0) / max(t1 - t0, 1e-9)
@@ -569,13 +650,21 @@ def report(run: Run, history: History, progress: ProgressCallback | None, phase:
 def finish(run: Run, history: History, stopped: str, progress: ProgressCallback | None) -> TrainResult:
     """The final save (also after an interrupt or an error, as A1111 does), the loss curve and contact sheet."""
     c, step, out = run.config, run.hn.step, run.outputs
+    verdict = run.health.verdict() if run.health is not None else None
+    best = verdict.best if verdict is not None else None
     saved = None
-    if run.procs.main and (step > run.start_step or run.resumed is not None):
+    keep_start = stopped == "overcooked" and best is None  # the first snapshot already over-cooked
+    if run.procs.main and (step > run.start_step or run.resumed is not None) and not keep_start:
         report(run, history, progress, "saving", step)
-        saved = str(save_network(run, run.final_path))
+        if stopped == "overcooked" and best is not None and best.path:
+            saved = str(restore_snapshot(Path(best.path), run.final_path))
+        else:
+            saved = str(save_network(run, run.final_path))
     if out is not None:
         out.write_loss_curve(history.losses)
-        out.write_contact_sheet()
+        out.write_contact_sheet(marked=verdict.best_step if verdict else None)
+        if run.health is not None and verdict is not None:
+            write_health_csv(out.root / HEALTH_CSV, run.health.history, verdict)
     if stopped != "error":
         run.procs.barrier()
     warnings = list(run.warnings) + history.warnings
@@ -592,12 +681,24 @@ def finish(run: Run, history: History, stopped: str, progress: ProgressCallback 
         f"{c.max_bad_steps} steps in a row, so those updates were skipped and the last good network was kept{where}; "
         "try a lower learn_rate, gradient clipping or --precision bf16.",
         "error": f"Training failed at step {step}{where}.",
+        "overcooked": f"Training stopped at step {step}: its snapshots over-cooked (--stop-when-overcooked); "
+        + (f"the recommended snapshot, step {best.step}, is the final network{where}." if best is not None else
+           f"already the first one had, so {run.final_path} keeps the network training started from; try a lower "
+           "learn_rate."),
     }[stopped]
+    if verdict is not None and (best is not None or verdict.overcooked):
+        message += " Health: " + verdict.sentence()
+        if verdict.overcooked and stopped != "overcooked":
+            keep = f"use the step {best.step} snapshot ({best.path}), or " if best is not None else ""
+            warnings.append("training went past its best snapshot (over-cooked: " + "; ".join(verdict.reasons)
+                            + f"); {keep}train again with a lower learn_rate (--stop-when-overcooked stops by itself).")
     report(run, history, progress, "done", step, message=message, last_saved=saved)
     return TrainResult(
         filename=saved, step=step, start_step=run.start_step, stopped=stopped, message=message,
         log_directory=str(out.root) if out else None, seed=run.seed, last_snapshot=history.last_snapshot,
         last_preview=history.last_preview, losses=list(history.losses), warnings=list(dict.fromkeys(warnings)),
+        recommended_step=verdict.best_step if verdict else None, recommended_snapshot=best.path if best else None,
+        overcooked=bool(verdict and verdict.overcooked), health=list(run.health.history) if run.health else [],
     )
 
 

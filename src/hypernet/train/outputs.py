@@ -34,6 +34,7 @@ from hypernet.errors import HypernetError
 from hypernet.fileio import atomic_write_bytes
 
 CSV_NAME = "hypernetwork_loss.csv"
+HEALTH_CSV = "health.csv"  # hypernet.train.health's figures of every snapshot
 CSV_FIELDS = ("step", "epoch", "epoch_step", "loss", "learn_rate")
 
 
@@ -144,12 +145,14 @@ class RunOutputs:
         found = [(int(m.group(1)), p) for p in self.images.glob("*.png") if (m := pattern.fullmatch(p.name))]
         return sorted(found)
 
-    def write_contact_sheet(self) -> Path | None:
+    def write_contact_sheet(self, marked: int | None = None) -> Path | None:
+        """All previews by step; ``marked`` (the recommended snapshot's step) frames the preview made there, or
+        the last one before it."""
         entries = self.previews()
         if not entries:
             return None
         path = self.root / "contact_sheet.png"
-        save_image(contact_sheet(entries, title=self.name), path, None)
+        save_image(contact_sheet(entries, title=self.name, marked=marked), path, None)
         return path
 
     def write_loss_curve(self, losses: Sequence[tuple[int, float]]) -> Path | None:
@@ -177,7 +180,7 @@ def made_files(root: Path) -> list[str]:
         count = sum(1 for _ in (root / folder).glob(f"*{suffix}")) if (root / folder).is_dir() else 0
         if count:
             made.append(f"{count} {what if count > 1 else what[:-1]} in {folder}/")
-    return made + [name for name in (CSV_NAME, "loss.png", "contact_sheet.png") if (root / name).is_file()]
+    return made + [name for name in (CSV_NAME, "loss.png", "contact_sheet.png", HEALTH_CSV) if (root / name).is_file()]
 
 
 def run_folder(log_directory: str | os.PathLike[str], name: str, started: datetime) -> Path:
@@ -218,6 +221,7 @@ def _tensorboard(folder: Path, flush_secs: int) -> Any:
 
 # ================================================================================================ drawings
 _INK, _GRID, _RAW, _MEAN = (30, 30, 30), (225, 225, 225), (170, 190, 215), (20, 70, 160)
+_MARK = (20, 150, 60)
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -274,10 +278,14 @@ def loss_curve(losses: Sequence[tuple[int, float]], *, title: str = "loss", size
     return image
 
 
-def contact_sheet(entries: Sequence[tuple[int, Path]], *, title: str = "", thumb: int = 256, columns: int = 8) -> Image.Image:
-    """The preview images side by side in step order, each labelled with its step, to pick the last good one.
+def contact_sheet(entries: Sequence[tuple[int, Path]], *, title: str = "", thumb: int = 256, columns: int = 8,
+                  marked: int | None = None) -> Image.Image:
+    """The preview images side by side in step order, each labelled with its step, to pick the last good one; the
+    preview at (or last before) step ``marked`` is framed and labelled "recommended".
     Cells fit the previews (at most ``thumb``); tiny previews (the toy model's 64 px) are enlarged by a whole factor
     with hard pixel edges to at least 128 px, so the sheet is pictures, not white space."""
+    before = [step for step, _ in entries if marked is not None and step <= marked]
+    marked = before[-1] if before else None
     images: list[tuple[int, Image.Image]] = []
     for step, path in entries:
         try:
@@ -303,5 +311,8 @@ def contact_sheet(entries: Sequence[tuple[int, Path]], *, title: str = "", thumb
         else:
             image.thumbnail((cell, cell))
         sheet.paste(image, (x + (cell - image.width) // 2, y + (cell - image.height) // 2))
-        draw.text((x + cell / 2, y + cell + 3), f"step {step}", fill=_INK, font=font, anchor="mt")
+        if step == marked:
+            draw.rectangle([x + 1, y + 1, x + cell - 2, y + cell + label - 2], outline=_MARK, width=4)
+        text = f"step {step} - recommended" if step == marked else f"step {step}"
+        draw.text((x + cell / 2, y + cell + 3), text, fill=_MARK if step == marked else _INK, font=font, anchor="mt")
     return sheet
