@@ -257,14 +257,6 @@ def generate(
                             hr_prompt=hr_prompt, hr_negative_prompt=hr_negative)
     if init_image is not None:
         open_image(init_image, "--init-image", load=False).close()  # exists, readable, not too large: before loading
-    import torch
-    from accelerate import PartialState
-    from rich.progress import Progress
-
-    from hypernet.engine.generate import Generator, Settings
-    from hypernet.engine.infotext import save_image
-    from hypernet.engine.loading import open_model
-
     term = console()
     sampler_params: dict = {}
     if infotext is not None:  # fields the command line did not set come from the infotext
@@ -296,6 +288,14 @@ def generate(
         seed_resize_from_h=resize_h, ensd=ensd, eta=eta, sampler_params=sampler_params, enable_hr=hires,
         hr_scale=hr_scale, hr_upscaler=hr_upscaler, hr_second_pass_steps=hr_steps, hr_resize_x=hr_x, hr_resize_y=hr_y,
         hr_sampler_name=hr_sampler, hr_scheduler=hr_scheduler, hr_prompt=hr_prompt, hr_negative_prompt=hr_negative)
+    import torch  # the model libraries load only once every option has been checked
+    from accelerate import PartialState
+    from rich.progress import Progress
+
+    from hypernet.engine.generate import Generator, Settings
+    from hypernet.engine.infotext import save_image
+    from hypernet.engine.loading import open_model
+
     init = open_image(init_image, "--init-image") if init_image is not None else None
     state = PartialState(cpu=not torch.cuda.is_available())  # one process, or one of several (accelerate launch)
     with term.status(escape(f"loading {model}")):
