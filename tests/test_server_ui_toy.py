@@ -184,6 +184,39 @@ def test_the_extra_networks_panel_under_the_prompt_toggles_a_cards_tag(page, fre
     page.locator("#img2img_extra_networks_cards").wait_for(state="hidden")
 
 
+def test_img2img_resize_mode_crops_a_tall_init_image(page, fresh, tmp_path) -> None:
+    """A 64x192 init image in three bands (red, blue, red): "Just resize" squeezes all three into the 64x64 output,
+    "Crop and resize" keeps the middle (blue) third, as A1111 does."""
+    import numpy as np
+
+    bands = np.zeros((192, 64, 3), np.uint8)
+    bands[:64], bands[64:128], bands[128:] = (220, 30, 30), (30, 30, 220), (220, 30, 30)
+    source = tmp_path / "tall.png"
+    Image.fromarray(bands).save(source)
+    open_tab(page, "img2img")
+    page.locator("#img2img_image input[type=file]").set_input_files(str(source))
+    page.fill("#img2img_prompt textarea", "")
+    set_slider = page.locator("#img2img_denoising input[type=number]")
+    set_slider.fill("0.2")
+    set_slider.press("Enter")
+    page.fill("#img2img_seed input", "3")
+    tops = {}
+    for mode in ("Just resize", "Crop and resize"):
+        page.locator("#img2img_resize_mode").get_by_label(mode, exact=True).check()
+        gallery = "document.querySelector('#img2img_gallery img')"
+        before = page.evaluate(f"{gallery} ? {gallery}.src : ''")
+        page.click("#img2img_generate")
+        page.wait_for_function(f"{gallery} && {gallery}.src !== {json.dumps(before)} && "  # the new final image,
+                               "document.querySelector('#img2img_status').innerText.includes('image(s)')")  # no preview
+        img = page.locator("#img2img_gallery img").first
+        img.wait_for()
+        out = np.asarray(Image.open(io.BytesIO(page.request.get(img.get_attribute("src")).body())).convert("RGB"),
+                         np.float32)
+        tops[mode] = out[:12].mean(axis=(0, 1))  # the top rows: red when squeezed, blue when the middle is kept
+    shot(page, "toy-8-img2img-resize-mode")
+    assert tops["Just resize"][0] > tops["Just resize"][2] and tops["Crop and resize"][2] > tops["Crop and resize"][0], tops
+
+
 @pytest.mark.slow
 def test_training_from_the_ui_with_default_settings_styles_as_much_as_the_demo(page, fresh) -> None:
     """The issue's acceptance: a network of the demo's shape, trained from the Train tab with every setting left as
