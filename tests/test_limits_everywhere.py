@@ -4,10 +4,13 @@ generation and for creating, training and preprocessing."""
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from hypernet.cli import main
 from hypernet.engine.generate import Settings
@@ -15,8 +18,10 @@ from hypernet.engine.model_defaults import ModelDefaults
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.testing import tiny_server_config
+from hypernet.errors import HypernetError
 from hypernet.settings import CreateSettings, PreprocessSettings, SettingsError, TrainSettings
-from hypernet.settings.limits import MAX_IMAGES, MAX_PIXELS, MAX_STEPS, SEED_MAX
+from hypernet.settings.images import open_image
+from hypernet.settings.limits import MAX_IMAGES, MAX_INPUT_PIXELS, MAX_PIXELS, MAX_PROMPT_CHARS, MAX_STEPS, SEED_MAX
 
 SEED_RANGE = f"-1 (random) or a whole number from 0 to {SEED_MAX}"
 
@@ -82,6 +87,10 @@ FAMILIES = [
                             "preview_from_txt2img": True, "preview_steps": 100000},
      ["train", "style", "--data", ".", "--preview-steps", "100000"],
      f"preview_steps is 100000; expected a value from 1 to {MAX_STEPS}.", {}),
+    (CreateSettings, {"name": "x", "enable_sizes": [65536]},
+     "create/hypernetwork", {"name": "x", "enable_sizes": [65536]},
+     ["create", "x", "--sizes", "65536"],
+     "enable_sizes[0] is 65536; expected 1 to 16 widths, each from 1 to 4096.", {}),
     (PreprocessSettings, {"process_width": 100000},
      "preprocess", {"id_task": "t", "process_src": "set", "process_dst": "out", "process_width": 100000},
      ["preprocess", ".", "out", "--width", "100000"],
@@ -104,3 +113,35 @@ def test_other_families_say_the_same_sentence_too(url, tmp_path: Path, capsys, m
     with pytest.raises(SystemExit) as cli:
         main(args)
     assert cli.value.code == 2 and capsys.readouterr().err.strip() == f"error: {sentence.format(name=names.get('cli'))}"
+
+
+def test_prompt_length_on_every_surface(url, tmp_path: Path, capsys) -> None:
+    prompt = "x" * (MAX_PROMPT_CHARS + 1)
+    sentence = f"prompt is too long; expected at most {MAX_PROMPT_CHARS} characters."
+    with pytest.raises(SettingsError) as python:
+        ModelDefaults().complete(Settings(prompt)).check()
+    assert str(python.value) == sentence
+    r = requests.post(f"{url}/txt2img", json={"prompt": prompt}, timeout=60)
+    assert r.status_code == 422 and r.json()["detail"] == sentence, r.text[:500]
+    with pytest.raises(SystemExit) as cli:
+        main(["generate", prompt, "--out", str(tmp_path)])
+    assert cli.value.code == 2 and capsys.readouterr().err.strip() == f"error: {sentence}"
+
+
+def test_decoded_image_size_on_every_surface(url, tmp_path: Path, capsys) -> None:
+    """A 10 KB PNG that declares 9000x9000 pixels is refused from its header on every path that decodes images."""
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, "PNG")
+    (tmp_path / "big.png").write_bytes(buffer.getvalue())
+    size = f"is 9000x9000 (81,000,000 pixels); images of at most {MAX_INPUT_PIXELS:,} pixels are accepted."
+    with pytest.raises(HypernetError) as python:
+        open_image(tmp_path / "big.png", "init image")
+    assert str(python.value) == f"init image {size}"
+    encoded = base64.b64encode(buffer.getvalue()).decode()
+    r = requests.post(f"{url}/img2img", json={"prompt": "x", "init_images": [encoded]}, timeout=60)
+    assert r.status_code == 422 and r.json()["detail"].endswith(size), r.text[:500]
+    r = requests.post(f"{url}/png-info", json={"image": encoded}, timeout=60)
+    assert r.status_code == 422 and r.json()["detail"].endswith(size), r.text[:500]
+    with pytest.raises(SystemExit) as cli:
+        main(["generate", "x", "--init-image", str(tmp_path / "big.png"), "--out", str(tmp_path)])
+    assert cli.value.code == 2 and capsys.readouterr().err.strip() == f"error: --init-image {size}"
