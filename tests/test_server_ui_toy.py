@@ -217,6 +217,32 @@ def test_img2img_resize_mode_crops_a_tall_init_image(page, fresh, tmp_path) -> N
     assert tops["Just resize"][0] > tops["Just resize"][2] and tops["Crop and resize"][2] > tops["Crop and resize"][0], tops
 
 
+def test_preprocess_options_beyond_a1111s_first_row_reach_the_library(page, fresh) -> None:
+    """Split with the overlap ratio from "More options": a 64x256 photo at 64x64 is 4 tiles with no overlap (5 at
+    the default 0.2), as A1111's split_pic cuts it."""
+    _, state = fresh
+    source = state.config.data_dir / "tall-src"
+    source.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (64, 256), "teal").save(source / "tall.png")
+    open_tab(page, "Train", "Preprocess images")
+    page.fill("#pre_src textarea", "tall-src")
+    page.fill("#pre_dst textarea", "tall-dst")
+    for elem_id in ("pre_width", "pre_height"):
+        box = page.locator(f"#{elem_id} input[type=number]")
+        box.fill("64")
+        box.press("Enter")
+    page.locator("#pre_split input[type=checkbox]").check()
+    page.get_by_text("More options", exact=True).click()
+    overlap = page.locator("#pre_overlap_ratio input[type=number]")
+    overlap.fill("0")
+    overlap.press("Enter")
+    page.click("#pre_button")
+    page.wait_for_function("(document.querySelector('#pre_status') || {innerText: ''}).innerText.includes('finished')")
+    assert "4 image(s)" in page.inner_text("#pre_status"), page.inner_text("#pre_status")
+    assert len(list((state.config.data_dir / "tall-dst").glob("*.png"))) == 4
+    shot(page, "toy-9-preprocess-options")
+
+
 @pytest.mark.slow
 def test_training_from_the_ui_with_default_settings_styles_as_much_as_the_demo(page, fresh) -> None:
     """The issue's acceptance: a network of the demo's shape, trained from the Train tab with every setting left as
