@@ -20,6 +20,8 @@ from hypernet.server import Limits, ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.testing import tiny_server_config
 
+pytestmark = pytest.mark.slow  # every test here builds models, servers or browsers
+
 FUZZ_EXAMPLES = int(os.environ.get("HYPERNET_FUZZ_EXAMPLES", "12"))
 RSS_GROWTH_LIMIT_MB = 1024  # the process (server and test together) may grow at most this much during the fuzz run
 

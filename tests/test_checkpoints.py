@@ -86,6 +86,7 @@ def assert_same_models(original, loaded):
         assert all(torch.equal(sa[key], sb[key]) for key in sa), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_round_trip(pipes, files, no_network, variant, fmt):
@@ -107,6 +108,7 @@ def test_round_trip(pipes, files, no_network, variant, fmt):
         assert pipe.tokenizer_2.pad_token_id == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("variant", "family", "prediction"), [
     ("sd1", "sd1", "epsilon"), ("sd2", "sd2", "epsilon"), ("sd2-v", "sd2", "v_prediction"), ("sdxl", "sdxl", "epsilon"),
 ])
@@ -130,6 +132,7 @@ def _meta_model(name, config):
         return model_cls(CLIPTextConfig.from_dict(config))
 
 
+@pytest.mark.slow
 def test_dtype(files):
     pipe, _ = load_pipeline(files["sdxl"][".safetensors"], dtype=torch.float16)
     for name in COMPONENTS:
@@ -167,6 +170,7 @@ def test_broken_yaml(files, tmp_path):
         load_pipeline(path)
 
 
+@pytest.mark.slow
 def test_v_pred_key_marks_v_prediction(pipes, tmp_path):
     state = ldm_state_dict(pipes["sdxl"], "sdxl") | {"v_pred": torch.tensor([])}
     safetensors.torch.save_file(state, tmp_path / "vpred-xl.safetensors")
@@ -174,6 +178,7 @@ def test_v_pred_key_marks_v_prediction(pipes, tmp_path):
     assert info.prediction_type == pipe.scheduler.config.prediction_type == "v_prediction"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", [".safetensors", "diffusers"])
 def test_prediction_type_override(files, fmt):
     pipe, info = load_pipeline(files["sd2-v"][fmt], prediction_type="epsilon")
@@ -185,6 +190,7 @@ def test_prediction_type_override(files, fmt):
 # --- separate VAE ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_separate_vae_in_ldm_layout(files, tmp_path):
     other = tiny_pipeline("sd1", seed=7).vae
     # as VAE .pt files come: wrapped in "state_dict", with the training loss's weights beside the model's
@@ -229,6 +235,7 @@ def test_inpainting_checkpoint(pipes, tmp_path):
     assert info.family == "sd1"
 
 
+@pytest.mark.slow
 def test_lightning_training_checkpoint(pipes, tmp_path, monkeypatch):
     """Training-run .ckpt files pickle lightning's callback and numpy scalars beside the weights."""
     names = ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"]

@@ -81,6 +81,7 @@ def test_refusals_are_sentences_before_any_model_loads(tmp_path: Path, args, mes
     assert loaded.read_text() == ""  # refused before diffusers or transformers (so any model) was even imported
 
 
+@pytest.mark.slow
 def test_user_text_is_printed_literally(tmp_path: Path) -> None:
     d = tmp_path / "[bold]<lora:x:1>"  # rich would drop [bold] as markup and print :x: as an emoji
     d.mkdir()
@@ -88,6 +89,7 @@ def test_user_text_is_printed_literally(tmp_path: Path) -> None:
     assert r.returncode == 0 and f"No hypernetworks in {d}" in r.stdout
 
 
+@pytest.mark.slow
 def test_convert_refuses_to_overwrite_like_create(tmp_path: Path) -> None:
     assert hypernet("create", "n", "--dir", str(tmp_path), "--sizes", "8").returncode == 0
     src, dst = tmp_path / "n.pt", tmp_path / "m.safetensors"
@@ -97,6 +99,7 @@ def test_convert_refuses_to_overwrite_like_create(tmp_path: Path) -> None:
     assert hypernet("convert", str(src), str(dst), "--overwrite").returncode == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("content", [b"hello world\nthis is text\n", bytes(range(256)) * 3, b"\x80" + bytes(300)])
 def test_files_that_are_not_pytorch_say_so(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "x.pt"

@@ -45,6 +45,7 @@ def by_hand(family: str, per_encoder: list[torch.Tensor]) -> Generator:
     return generator_for(family, None, pipe)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sd1", "sdxl"])
 def test_negative_embedding_equals_vectors_by_hand(tmp_path: Path, family: str) -> None:
     widths = TEXT_WIDTHS[family]

@@ -117,6 +117,7 @@ def apply_like_a1111(pipe, state: dict[str, torch.Tensor], variant: str, multipl
                 bias += (w["diff_b"] * multiplier).float()
 
 
+@pytest.mark.slow
 def test_linear_full_export_loads_in_diffusers_and_equals_the_tag(hn_dir, reference, tmp_path) -> None:
     pipe = tiny_pipeline("sd1")
     entries = resolve_networks(["lin:0.8"], hn_dir)
@@ -129,6 +130,7 @@ def test_linear_full_export_loads_in_diffusers_and_equals_the_tag(hn_dir, refere
     assert relative(reference["plain"], reference["lin"]) > 1e-2  # the network visibly changes the latent
 
 
+@pytest.mark.slow
 def test_linear_full_kohya_export_as_a1111_and_comfyui_apply_it(hn_dir, reference, tmp_path) -> None:
     pipe = tiny_pipeline("sd1")
     entries = resolve_networks(["lin:0.8", "lin2:-0.5"], hn_dir)  # a chained stack folds to one affine map
@@ -156,6 +158,7 @@ def lora_latent(pipe, prompt: str, hn_dir: Path, lora_dir: Path) -> torch.Tensor
     return latents[-1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["kohya", "diffusers"])
 def test_exports_through_hypernets_own_lora_path_equal_the_tags(hn_dir, reference, tmp_path, fmt) -> None:
     """An exact export used as ``<lora:NAME:1>`` in hypernet's own prompts gives the hypernetwork tags' image, and a
@@ -176,6 +179,7 @@ def test_exports_through_hypernets_own_lora_path_equal_the_tags(hn_dir, referenc
         assert relative(ours, final_latent(target, "a cat", hn_dir)) <= 1e-5
 
 
+@pytest.mark.slow
 def test_kohya_without_bias_loads_in_diffusers(hn_dir, reference, tmp_path) -> None:
     out = tmp_path / "nobias.safetensors"
     entries = resolve_networks(["nobias"], hn_dir)
@@ -186,6 +190,7 @@ def test_kohya_without_bias_loads_in_diffusers(hn_dir, reference, tmp_path) -> N
     assert relative(final_latent(target, "a cat", hn_dir), reference["nobias"]) <= 1e-4
 
 
+@pytest.mark.slow
 def test_bake_equals_the_tag_with_no_tag(hn_dir, reference, tmp_path) -> None:
     ckpt = save_single_file(tiny_pipeline("sd1"), tmp_path / "tiny.safetensors", "sd1")
     pipe, info = load_pipeline(ckpt)
@@ -222,6 +227,7 @@ def test_rank_error_falls_with_rank(hn_dir, tmp_path) -> None:
     assert all(float(v) == 8.0 for k, v in state.items() if k.endswith(".alpha"))
 
 
+@pytest.mark.slow
 def test_non_linear_export_is_fitted_and_reported(hn_dir, tmp_path) -> None:
     generator = Generator(tiny_pipeline("sd1"), INFO)
     entries = resolve_networks(["swishy"], hn_dir)
@@ -249,6 +255,7 @@ def layout_plan(pipe, family: str) -> LoraPlan:
     return LoraPlan(layers, family, int(pipe.unet.config.layers_per_block), "svd")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["sd1", "sd2", "sdxl"])
 def test_kohya_keys_resolve_in_every_loader_for_real_layouts(variant) -> None:
     pipe = skeleton_pipeline(variant)
@@ -287,6 +294,7 @@ def test_kohya_keys_resolve_in_every_loader_for_real_layouts(variant) -> None:
         assert tuple(tensor.shape) == expected, key
 
 
+@pytest.mark.slow
 def test_bad_input(hn_dir, tmp_path) -> None:
     generator = Generator(tiny_pipeline("sd1"), INFO)
     entries = resolve_networks(["lin"], hn_dir)
@@ -313,6 +321,7 @@ def test_bad_input(hn_dir, tmp_path) -> None:
     assert not (tmp_path / "c.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_cli_export_lora_and_bake(hn_dir, tmp_path, capsys, monkeypatch) -> None:
     ckpt = save_single_file(tiny_pipeline("sd1"), tmp_path / "tiny.safetensors", "sd1")
     monkeypatch.chdir(tmp_path)  # default outputs: models/Lora and models/Stable-diffusion

@@ -25,6 +25,7 @@ def served(tmp_path_factory):
         yield running.url + "/sdapi/v1", config
 
 
+@pytest.mark.slow
 def test_export_lora_and_bake_over_http(served) -> None:
     url, config = served
     answer = requests.post(f"{url}/hypernet/export-lora", json={"hypernetworks": ["flat:0.5"], "rank": 4}, timeout=300)

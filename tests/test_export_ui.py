@@ -13,6 +13,8 @@ from hypernet.server.app import BackgroundServer
 from hypernet.server.testing import tiny_server_config
 from hypernet.testing import TEXT_WIDTHS, UNET_CHANNELS
 
+pytestmark = pytest.mark.slow  # every test here builds models, servers or browsers
+
 CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
 if not Path(CHROMIUM).is_file():
     if os.environ.get("HYPERNET_REQUIRE_BROWSER") == "1":

@@ -36,6 +36,7 @@ def pixels(result) -> np.ndarray:
     return np.stack([np.asarray(im, dtype=np.float64) for im in result.images])
 
 
+@pytest.mark.slow
 def test_network_changes_image_and_multiplier_zero_is_exactly_plain(setup) -> None:
     family, gen, _ = setup
     plain = gen.generate(Settings("a castle", **FAST))
@@ -200,6 +201,7 @@ def test_extra_networks_apply_like_tags(setup) -> None:
     assert [(a.name, a.multiplier) for a in direct.applied] == [("style", 0.8)]
 
 
+@pytest.mark.slow
 def test_bf16_model_with_fp32_networks(tmp_path) -> None:
     import torch
 
@@ -282,6 +284,7 @@ def test_hypernetwork_precision_option(setup) -> None:
         gen.generate(Settings("a", hypernetwork_precision="int8", **FAST))
 
 
+@pytest.mark.slow
 def test_every_sampler_gives_finite_images(setup) -> None:
     import torch
 

@@ -31,6 +31,7 @@ def _pixels(image) -> np.ndarray:
     return np.asarray(image, dtype=np.int16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sampler", ["DPM++ 2M", "Euler a", "DDIM", "DPM++ SDE"])
 def test_generate_gives_the_latent_sample_latent_gives(gen: Generator, sampler: str) -> None:
     s = Settings("a castle", negative_prompt="fog", sampler_name=sampler, rng="NV", **FAST)
@@ -54,6 +55,7 @@ def test_variation_seed_and_seed_resize_reach_the_image_and_infotext(gen: Genera
     assert "RNG" not in info[0], "GPU, A1111's default, is not written"
 
 
+@pytest.mark.slow
 def test_hires_fix_latent_and_lanczos(gen: Generator) -> None:
     for upscaler in ("Latent", "Lanczos"):
         r = gen.generate(Settings("a house", enable_hr=True, hr_scale=2, hr_upscaler=upscaler, hr_second_pass_steps=2,

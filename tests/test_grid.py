@@ -137,6 +137,7 @@ def test_grid_infotext_keys_go_before_version() -> None:
 # ------------------------------------------------------------------------------------------ on the toy model
 
 
+@pytest.mark.slow
 def test_cli_grid_of_snapshots_strengths_seeds(toy, toy_run: Path, single_image, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     main(["grid", PROMPT, "--hypernetwork-dir", str(toy_run / "hypernetworks"), "-x", "Hypernetwork: style-1, "
@@ -178,6 +179,7 @@ def server(toy_run: Path, tmp_path_factory):
         yield running, state
 
 
+@pytest.mark.slow
 def test_api_xyz_plot_script_args(toy, toy_run: Path, server, single_image) -> None:
     running, state = server
     args = [51, "style-1, style-2, style-3", None, 52, "0.5, 1, 1.5", None, 1, "11, 12", None,

@@ -17,6 +17,8 @@ from hypernet.server.app import BackgroundServer
 from hypernet.server.state import ServerConfig
 from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 
+pytestmark = pytest.mark.slow  # every test here builds models, servers or browsers
+
 CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("HYPERNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "ui"
 WAIT_MS = 180_000

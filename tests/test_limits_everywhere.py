@@ -52,6 +52,7 @@ def url(tmp_path_factory):
         yield running.url + "/sdapi/v1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("values", "args", "sentence"), CASES)
 def test_the_same_sentence_on_every_surface(url, tmp_path: Path, capsys, values, args, sentence) -> None:
     with pytest.raises(SettingsError) as python:

@@ -65,6 +65,7 @@ def snapshot(gen: Generator) -> dict[str, torch.Tensor]:
     return {f"{p}.{k}": v.clone() for p, m in parts.items() if m is not None for k, v in m.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_lora_zero_is_plain_and_one_is_the_formula(setup) -> None:
     family, checkpoint, gen, (state, modules), _ = setup
     before = snapshot(gen)
@@ -81,6 +82,7 @@ def test_lora_zero_is_plain_and_one_is_the_formula(setup) -> None:
     assert one.loras[0].layers == len(modules) - len(A1111_MISSES.get(family, ()))
 
 
+@pytest.mark.slow
 def test_text_and_unet_multipliers_are_separate(setup) -> None:
     family, checkpoint, gen, (state, modules), _ = setup
     result = gen.generate(Settings("a tree <lora:x:te=0.5:unet=-0.3>", **FAST))
@@ -88,6 +90,7 @@ def test_text_and_unet_multipliers_are_separate(setup) -> None:
     assert np.array_equal(pixels(result), pixels(reference.generate(Settings("a tree", **FAST))))
 
 
+@pytest.mark.slow
 def test_lora_composes_with_hypernetworks(setup) -> None:
     family, checkpoint, gen, (state, modules), _ = setup
     both = gen.generate(Settings("a tree <hypernet:style:0.8> <lora:x_alias:0.7>", **FAST))
@@ -97,6 +100,7 @@ def test_lora_composes_with_hypernetworks(setup) -> None:
     assert both.applied[0].name == "style" and both.loras[0].name == "x_alias"
 
 
+@pytest.mark.slow
 def test_merge_is_cached_across_generations(setup) -> None:
     _, _, gen, _, _ = setup
     before = gen.lora_merger.merges
@@ -124,6 +128,7 @@ def test_infotext_lora_hashes_written_and_read(setup) -> None:
     assert pasted == "<lora:x_alias:0.6>"
 
 
+@pytest.mark.slow
 def test_sdxl_files_with_ldm_names_and_sd1_te_keys(setup) -> None:
     family, checkpoint, gen, _, root = setup
     if family != "sdxl":

@@ -62,6 +62,7 @@ def test_unreadable_recorded_defaults_are_a_clear_error(tmp_path: Path) -> None:
         checkpoint_defaults(path)
 
 
+@pytest.mark.slow
 def test_train_config_fields_left_unset_take_the_models_defaults(tmp_path: Path) -> None:
     """The Python API, like the CLI and the UI: on the toy model an unset size is 64x64 and the recorded rate, batch
     and template apply; what the caller sets wins; the HTTP API's configs set every field and keep A1111's."""

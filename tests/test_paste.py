@@ -35,6 +35,7 @@ def setup(tmp_path_factory) -> tuple:
     return Generator(pipe, info, root / "hypernetworks"), root, checkpoint
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", A1111_TEXTS)
 def test_round_trip_field_by_field(setup, text: str) -> None:
     gen, _, _ = setup

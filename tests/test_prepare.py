@@ -192,6 +192,7 @@ def test_caption_file_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
     assert report.captions == [] and report.warnings == ["cafe.txt: not UTF-8 text; the existing caption was ignored"]
 
 
+@pytest.mark.slow
 def test_an_image_too_large_to_decode_is_skipped_from_its_header(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
@@ -291,6 +292,7 @@ def test_worker_processes_write_the_same_files(tmp_path: Path) -> None:
     assert progress == [(i, 6) for i in range(7)]  # 0 once the run is set up, then after each file
 
 
+@pytest.mark.slow
 def test_should_stop_ends_the_run(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import math
 
 from hypothesis import HealthCheck, given, settings
@@ -23,6 +25,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @QUICK
 @given(prompt=prompts, steps=st.integers(min_value=1, max_value=60))
 def test_prompt_schedules_cover_every_step(prompt: str, steps: int) -> None:
@@ -57,6 +60,7 @@ def _holds(model: object) -> None:
         assert not (isinstance(value, float) and not math.isfinite(value)), name
 
 
+@pytest.mark.slow
 @QUICK
 @given(values=st.dictionaries(st.sampled_from(list(GenerateSettings.model_fields)), json_values, max_size=6))
 def test_generate_settings_hold_their_limits_or_say_why(values: dict) -> None:
@@ -71,6 +75,7 @@ def test_generate_settings_hold_their_limits_or_say_why(values: dict) -> None:
     assert 1 <= s.steps <= L.MAX_STEPS and s.batch_size * s.n_iter <= L.MAX_IMAGES
 
 
+@pytest.mark.slow
 @QUICK
 @given(model=st.sampled_from([CreateSettings, TrainSettings, PreprocessSettings, ServerOptions]), data=st.data())
 def test_every_family_holds_its_limits_or_says_why(model, data) -> None:

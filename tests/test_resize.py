@@ -46,6 +46,7 @@ def generator(tmp_path_factory) -> Generator:
     return Generator(*load_pipeline(checkpoint))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", range(4))
 def test_every_mode_gives_an_image_of_the_asked_size(generator: Generator, mode: int) -> None:
     out = generator.generate(Settings("a", steps=2, width=64, height=32, seed=1, init_image=_wide().resize((100, 60)),
@@ -58,6 +59,7 @@ def test_an_unknown_mode_is_one_sentence(generator: Generator) -> None:
         generator.generate(Settings("a", steps=1, width=64, height=64, init_image=_wide(), resize_mode=7))
 
 
+@pytest.mark.slow
 def test_the_api_passes_resize_mode_to_the_engine(tmp_path) -> None:
     from fastapi.testclient import TestClient
 

@@ -77,6 +77,7 @@ def test_nv_is_cudas_randn_and_gpu_falls_back_to_it_off_cuda() -> None:
     assert torch.equal(gpu, nv) or torch.cuda.is_available()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [s.name for s in SAMPLERS])
 def test_every_sampler_runs_and_is_deterministic(tiny: tuple, name: str) -> None:
     params = {"Sampler": name, "Steps": 4, "RNG": "NV"}

@@ -64,6 +64,7 @@ def test_every_case_is_present(conformance_dir: Path) -> None:
     assert all((_folder(conformance_dir) / case["file"]).exists() for case in manifest["cases"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_id", _case_ids())
 def test_case(case_id: str, conformance_dir: Path, model: tuple) -> None:
     case = next(c for c in _manifest(conformance_dir)["cases"] if c["id"] == case_id)

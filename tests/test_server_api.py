@@ -43,6 +43,7 @@ def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float64)
 
 
+@pytest.mark.slow
 def test_client_lists_hypernetworks_models_samplers(api, server) -> None:
     _, state = server
     assert api.get_hypernetworks() == [{"name": "style", "path": str(state.config.hypernetwork_dir / "style.pt")}]
@@ -73,6 +74,7 @@ def test_client_lists_hypernetworks_models_samplers(api, server) -> None:
     assert api.refresh_checkpoints() is None
 
 
+@pytest.mark.slow
 def test_txt2img_with_hypernetwork_tag(api) -> None:
     plain = api.txt2img(prompt="a castle", **FAST)
     styled = api.txt2img(prompt="a castle <hypernet:style:0.7>", **FAST)
@@ -122,6 +124,7 @@ def test_a1111_samplers_hires_fix_and_unsupported_extras(url, sampler) -> None:
     assert "Hires upscale: 2.0" in text and "Hires steps: 2" in text and "Variation seed: 3" in text
 
 
+@pytest.mark.slow
 def test_hires_fix_with_an_esrgan_model_from_the_esrgan_folder(server, url) -> None:
     _, state = server
     esrgan = save_tiny_esrgan(state.config.esrgan_dir / "4x-tiny.safetensors", "old")
@@ -138,6 +141,7 @@ def test_hires_fix_with_an_esrgan_model_from_the_esrgan_folder(server, url) -> N
     assert r.status_code == 400 and 'could not find upscaler named "4x-tiny"' in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_options_round_trip_and_sd_hypernetwork(api, url) -> None:
     options = api.get_options()
     assert options["sd_hypernetwork"] == "None" and options["extra_networks_default_multiplier"] == 1.0
@@ -262,6 +266,7 @@ def test_idle_progress_is_what_clients_wait_for(api) -> None:
     assert api.interrupt() == {} and api.skip() is None
 
 
+@pytest.mark.slow
 def test_switch_checkpoint_through_options_and_override(api, server, url) -> None:
     _, state = server
     original = api.util_get_current_model()

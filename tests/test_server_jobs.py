@@ -83,6 +83,7 @@ def idle(url: str) -> bool:
     return p["state"]["job_count"] == 0 and p["progress"] == 0.0
 
 
+@pytest.mark.slow
 def test_concurrent_requests_queue_one_job_at_a_time(server, url, monkeypatch) -> None:
     _, state = server
     generator = state.model.generator
@@ -143,6 +144,7 @@ def test_skip_ends_the_current_batch_only(server, url) -> None:
     assert info["all_seeds"] == [5, 6] and len(answer.json()["images"]) == 2
 
 
+@pytest.mark.slow
 def test_client_that_disconnects_is_abandoned_and_server_carries_on(server, url) -> None:
     running, state = server
     completed = state.jobs.completed
@@ -181,6 +183,7 @@ def train_body(name: str, **changes) -> dict:
     return body | changes
 
 
+@pytest.mark.slow
 def test_training_over_http_sync_and_async(server, url) -> None:
     running, state = server
     api = webuiapi.WebUIApi(port=running.port)

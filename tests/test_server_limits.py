@@ -51,6 +51,7 @@ def b64(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+@pytest.mark.slow
 def test_preprocess_huge_size_is_refused_at_once(url) -> None:
     started = time.monotonic()
     r = requests.post(f"{url}/preprocess", json={"id_task": "t", "process_src": "set", "process_dst": "out",
@@ -147,6 +148,7 @@ def test_prompt_weights_must_be_finite(url) -> None:
     assert r.status_code == 400 and "not a finite number" in r.json()["detail"]
 
 
+@pytest.mark.slow
 def test_internal_routes_unload_reload_and_docs(server, url) -> None:
     running, _ = server
     assert requests.get(f"{running.url}/internal/ping", timeout=10).json() == {}
@@ -165,6 +167,7 @@ def test_internal_routes_unload_reload_and_docs(server, url) -> None:
     assert requests.get(running.url + script, timeout=10).status_code == 200
 
 
+@pytest.mark.slow
 def test_async_training_results_are_per_task(url) -> None:
     base = {"hypernetwork_name": "style", "data_root": "set", "steps": 1, "learn_rate": "1e-5",
             "training_width": 64, "training_height": 64, "create_image_every": 0, "save_hypernetwork_every": 0}
@@ -190,6 +193,7 @@ def test_async_training_results_are_per_task(url) -> None:
     assert requests.get(f"{url}/train/hypernetwork/nope", timeout=10).status_code == 404
 
 
+@pytest.mark.slow
 def test_port_in_use_is_one_sentence_before_the_model_loads(tmp_path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

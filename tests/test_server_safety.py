@@ -79,6 +79,7 @@ def test_loopback_by_default_and_listen_warns_without_auth() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ auth
+@pytest.mark.slow
 def test_every_route_needs_auth(server, url) -> None:
     running, _, app = server
     routes = [(method, path) for path, methods in app.openapi()["paths"].items() for method in methods]

@@ -17,6 +17,7 @@ from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 pytestmark = pytest.mark.usefixtures("one_thread")  # two shared cores: no OpenMP oversubscription
 
 
+@pytest.mark.slow
 def test_the_toy_model_stays_listed_and_selectable_after_switching_away(tmp_path: Path) -> None:
     config = replace(tiny_server_config(tmp_path), ckpt=CHECKPOINT)  # --ckpt outside --models-dir
     state = ServerState.start(config)

@@ -18,6 +18,8 @@ from hypernet.server.app import BackgroundServer
 from hypernet.server.state import ServerConfig
 from hypernet.toy.world import detect_colour, detect_shape
 
+pytestmark = pytest.mark.slow  # every test here builds models, servers or browsers
+
 CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("HYPERNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "ui"
 WAIT_MS = 90_000

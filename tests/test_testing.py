@@ -27,6 +27,7 @@ def _state(pipe):
     }
 
 
+@pytest.mark.slow
 def test_seeded_and_deterministic(pipes):
     again, other = _state(tiny_pipeline("sd1", seed=0)), _state(tiny_pipeline("sd1", seed=1))
     first = _state(pipes["sd1"])
@@ -67,6 +68,7 @@ def test_generates(pipes, variant):
     assert image.images.shape == (1, 32, 32, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("variant", "diffusers_type"), [("sd1", "v1"), ("sd2", "v2"), ("sdxl", "xl_base")])
 def test_real_size_layout_is_what_diffusers_recognises(variant, diffusers_type):
     state = ldm_state_dict(skeleton_pipeline(variant), variant)

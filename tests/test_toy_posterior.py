@@ -27,6 +27,7 @@ def shipped() -> tuple:
     return load_pipeline(CHECKPOINT)
 
 
+@pytest.mark.slow
 def test_posterior_std_is_tiny_next_to_the_latents(shipped: tuple) -> None:
     pipe, _ = shipped
     rng = random.Random(0)
@@ -39,6 +40,7 @@ def test_posterior_std_is_tiny_next_to_the_latents(shipped: tuple) -> None:
     assert gap < 0.05
 
 
+@pytest.mark.slow
 def test_img2img_keeps_the_init_image_at_low_denoising_and_follows_the_prompt_at_high(shipped: tuple) -> None:
     """At 0.3 the init's colour and shape survive (whatever the prompt); at 0.9 the prompt wins: its colour, which
     the toy model draws reliably (held-out colour >= 90%), nearly always, the init's scene never, and its whole scene

@@ -67,6 +67,7 @@ def weights(path: Path) -> torch.Tensor:
 
 
 # ============================================================================================ A1111 outputs
+@pytest.mark.slow
 def test_outputs_land_where_a1111_users_look(tmp_path: Path, sd1) -> None:
     pipe, info, _, data = sd1
     seen: list[TrainProgress] = []
@@ -191,6 +192,7 @@ def test_training_stops_when_the_schedule_runs_out_and_steps_are_absolute(tmp_pa
 
 
 # ============================================================================================== interrupts
+@pytest.mark.slow
 def test_stop_request_and_ctrl_c_save_then_return(tmp_path: Path, sd1) -> None:
     pipe, info, _, data = sd1
     done: list[int] = []
@@ -226,6 +228,7 @@ def poisoned_loss(bad_calls: set[int]):
     return loss
 
 
+@pytest.mark.slow
 def test_nan_steps_are_skipped_and_never_saved(tmp_path: Path, sd1, monkeypatch) -> None:
     pipe, info, _, data = sd1
     monkeypatch.setattr(loop, "diffusion_loss", poisoned_loss({2, 3}))
@@ -245,6 +248,7 @@ def test_nan_steps_are_skipped_and_never_saved(tmp_path: Path, sd1, monkeypatch)
     assert torch.isfinite(weights(Path(result.filename))).all()
 
 
+@pytest.mark.slow
 def test_fp16_skips_lower_the_loss_scale_and_clipping_sees_unscaled_gradients(tmp_path: Path, sd1, monkeypatch) -> None:
     pipe, info, _, data = sd1
     seen: list[TrainProgress] = []
@@ -296,6 +300,7 @@ def test_sd2_v_prediction_and_sdxl_train(tmp_path: Path, variant: str) -> None:
 
 
 # =================================================================================================== errors
+@pytest.mark.slow
 def test_errors_before_training_are_sentences(tmp_path: Path, sd1) -> None:
     pipe, info, _, data = sd1
     cases = [
@@ -326,6 +331,7 @@ def test_errors_before_training_are_sentences(tmp_path: Path, sd1) -> None:
 
 
 # ====================================================================================================== CLI
+@pytest.mark.slow
 def test_cli_trains_and_reports_errors_in_one_sentence(tmp_path: Path, sd1, capsys) -> None:
     import typer
 
@@ -386,6 +392,7 @@ def test_cli_prints_warnings_when_they_happen_and_once(tmp_path: Path, sd1) -> N
 
 
 # ================================================================================================ drawings
+@pytest.mark.slow
 def test_loss_curve_contact_sheet_and_tensorboard_logging(tmp_path: Path, sd1, monkeypatch) -> None:
     from hypernet.train import outputs
 

@@ -100,6 +100,7 @@ def _config(tmp_path: Path, **kw: object) -> tuple[TrainConfig, object, ModelInf
     return TrainConfig(**(values | kw)), pipe, info  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_a_run_measures_every_snapshot(tmp_path: Path) -> None:
     config, pipe, info = _config(tmp_path)
     seen: list[int | None] = []
@@ -122,6 +123,7 @@ def test_a_run_measures_every_snapshot(tmp_path: Path) -> None:
     assert '"num_of_dataset_images": 4' in settings and '"validation_split": 1' in settings  # one of five held out
 
 
+@pytest.mark.slow
 def test_validation_loss_is_the_same_for_the_same_network(tmp_path: Path) -> None:
     config, pipe, info = _config(tmp_path, learn_rate="1e-12", health_probes=0, create_image_every=0)
     result = train_hypernetwork(config, pipe=pipe, info=info)
@@ -151,6 +153,7 @@ def test_pick_refuses_what_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFi
         assert e.value.code == 2 and said in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_pick_shows_snapshots_and_draws_the_candidates(toy_run: Path, capsys: pytest.CaptureFixture[str],
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")  # the table's file names in full

@@ -75,6 +75,7 @@ class Killed(BaseException):
     """Stands for SIGKILL in-process: a BaseException skips the final save, as a killed process never makes it."""
 
 
+@pytest.mark.slow
 def test_the_seed_travels_with_the_network(tmp_path: Path, sd1) -> None:
     pipe, info, _, data = sd1
     new_network(tmp_path / "split")
@@ -89,6 +90,7 @@ def test_the_seed_travels_with_the_network(tmp_path: Path, sd1) -> None:
                                weights(tmp_path / "whole" / "hn" / "net.pt"), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_stopped_at_random_points_the_rerun_continues_from_the_newest_snapshot(tmp_path: Path, sd1) -> None:
     pipe, info, _, data = sd1
     rng = random.Random(11)
@@ -126,6 +128,7 @@ def test_stopped_at_random_points_the_rerun_continues_from_the_newest_snapshot(t
     assert csv_steps(whole) == list(range(1, STEPS + 1))
 
 
+@pytest.mark.slow
 def test_snapshots_of_another_network_are_never_resumed_nor_overwritten(tmp_path: Path, sd1) -> None:
     pipe, info, _, data = sd1
     new_network(tmp_path)

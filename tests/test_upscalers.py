@@ -55,6 +55,7 @@ def test_tiles_are_the_model_on_each_crop_blended_at_the_overlaps() -> None:
     assert upscalers._tiles(40, 16, 4) == [0, 12, 24] and upscalers._tiles(10, 192, 8) == [-182]
 
 
+@pytest.mark.slow
 def test_upscale_reaches_the_scale_then_lanczos_to_multiples_of_8() -> None:
     model = tiny_esrgan()
     assert upscalers.upscale(model, _image(20, 12), 2).size == (40, 24)
@@ -82,6 +83,7 @@ def test_listing_uses_file_stems(tmp_path) -> None:
     assert upscalers.list_esrgan(tmp_path / "missing") == {} and upscalers.list_esrgan(None) == {}
 
 
+@pytest.mark.slow
 def test_hires_fix_with_an_esrgan_upscaler(tmp_path) -> None:
     pipe, info = load_pipeline(save_single_file(tiny_pipeline("sd1"), tmp_path / "tiny.safetensors", "sd1"))
     esrgan = tmp_path / "ESRGAN"
