@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.state import ServerConfig
+from hypernet.testing import save_tensors
 from hypernet.toy.world import detect_colour, detect_shape
 
 pytestmark = pytest.mark.slow  # every test here builds models, servers or browsers
@@ -182,6 +184,22 @@ def test_the_extra_networks_panel_under_the_prompt_toggles_a_cards_tag(page, fre
     page.wait_for_function("document.querySelector('#img2img_prompt textarea').value === 'a blue square <hypernet:panelnet:1>'")
     card.click()  # a second click takes it out again, as in A1111
     page.wait_for_function("document.querySelector('#img2img_prompt textarea').value === 'a blue square'")
+    # LoRA and embedding cards are in the same panel: a click adds the tag or the embedding's name, a second removes it
+    save_tensors({"lora_unet_a.lora_up.weight": torch.zeros(2, 1), "lora_unet_a.lora_down.weight": torch.zeros(1, 2)},
+                 state.config.lora_dir / "panellora.safetensors")
+    state.config.embeddings_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"emb_params": torch.zeros(1, sum(generator.info.text_widths))}, state.config.embeddings_dir / "panelemb.pt")
+    page.click("#img2img_extra_networks_refresh")
+    lora = page.locator("#img2img_extra_networks_cards img[alt^='LoRA · panellora']")
+    lora.wait_for()
+    lora.click()
+    page.wait_for_function("document.querySelector('#img2img_prompt textarea').value === 'a blue square <lora:panellora:1>'")
+    page.locator("#img2img_extra_networks_cards img[alt^='Textual Inversion · panelemb']").click()
+    page.wait_for_function(
+        "document.querySelector('#img2img_prompt textarea').value === 'a blue square <lora:panellora:1>, panelemb'")
+    shot(page, "toy-7c-extra-networks-lora-and-embedding")
+    lora.click()
+    page.wait_for_function("document.querySelector('#img2img_prompt textarea').value === 'a blue square, panelemb'")
     page.click("#img2img_extra_networks_button")
     page.locator("#img2img_extra_networks_cards").wait_for(state="hidden")
 

@@ -19,6 +19,18 @@ def test_a_card_click_adds_its_tag_and_a_second_click_removes_it() -> None:
     assert toggle_tag("<hypernet:сова>", "сова", 1) == ""
 
 
+def test_lora_and_embedding_cards_toggle_too() -> None:
+    added = toggle_tag("a castle", "add_detail", 0.6, "lora")
+    assert added == "a castle <lora:add_detail:0.6>" and toggle_tag(added, "add_detail", 1, "lora") == "a castle"
+    assert toggle_tag("a <hypernet:x:1>", "x", 1, "lora") == "a <hypernet:x:1> <lora:x:1>"  # kinds are separate
+    assert toggle_tag("", "EasyNegative", 1, "ti") == "EasyNegative"
+    assert toggle_tag("blurry", "EasyNegative", 1, "ti") == "blurry, EasyNegative"
+    assert toggle_tag("blurry, EasyNegative", "EasyNegative", 1, "ti") == "blurry"
+    assert toggle_tag("EasyNegative, blurry", "EasyNegative", 1, "ti") == "blurry"
+    assert toggle_tag("a, EasyNegative, b", "EasyNegative", 1, "ti") == "a, b"
+    assert toggle_tag("EasyNegative2", "EasyNegative", 1, "ti") == "EasyNegative2, EasyNegative"  # whole names only
+
+
 def test_reuse_seed_reads_the_last_infotext() -> None:
     assert _seed_of("a\nSteps: 20, Sampler: Euler, Seed: 1234, Size: 64x64") == 1234
     assert _seed_of("") == -1

@@ -43,7 +43,7 @@ from hypernet.server.models import M  # noqa: E402
 from hypernet.server.security import encode_png_b64  # noqa: E402
 from hypernet.server.state import ServerState  # noqa: E402
 from hypernet.server.ui_grid import XYZControls  # noqa: E402
-from hypernet.server.ui_networks import network_tabs  # noqa: E402
+from hypernet.server.ui_networks import embedding_cards, lora_cards, network_tabs  # noqa: E402
 from hypernet.settings import CreateSettings, GenerateSettings as G, PreprocessSettings  # noqa: E402
 from hypernet.settings.train import TrainSettings  # noqa: E402
 from hypernet.train.dataset import available_templates  # noqa: E402
@@ -96,12 +96,18 @@ def _placeholder_card(name: str) -> Image.Image:
     return image
 
 
-def toggle_tag(prompt: str, name: str, weight: float) -> str:
-    """A1111's card click: add ``<hypernet:name:weight>``, or remove the tag if the prompt already has it."""
-    tag = re.compile(rf"\s*<hypernet:{re.escape(name)}(:[^>]*)?>")
+def toggle_tag(prompt: str, name: str, weight: float, kind: str = "hypernet") -> str:
+    """A1111's card click: add ``<kind:name:weight>`` (``hypernet`` or ``lora``), or an embedding's bare name for
+    ``kind="ti"``; a second click removes what the first added."""
+    if kind == "ti":
+        word = re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+        if word.search(prompt):
+            return re.sub(r"\s*,\s*(,\s*)+", ", ", word.sub("", prompt, count=1)).strip(" ,")
+        return f"{prompt.rstrip(' ,')}, {name}" if prompt.strip() else name
+    tag = re.compile(rf"\s*<{kind}:{re.escape(name)}(:[^>]*)?>")
     if tag.search(prompt):
         return tag.sub("", prompt).strip()
-    return f"{prompt} <hypernet:{name}:{weight:g}>".strip()
+    return f"{prompt} <{kind}:{name}:{weight:g}>".strip()
 
 
 def _seed_of(info: str) -> int:
@@ -243,14 +249,14 @@ def build_ui(state: ServerState) -> gr.Blocks:
                                 c["skip"] = gr.Button("Skip", size="sm", elem_id=f"{kind}_skip")
                             extra_toggle = gr.Button("🎴 Extra networks", size="sm",
                                                      elem_id=f"{kind}_extra_networks_button")
-                    # A1111's extra-networks panel under the prompt: the hypernetwork cards; a click toggles the tag
+                    # A1111's extra-networks panel under the prompt: hypernetwork, LoRA and embedding cards; a click toggles one
                     with gr.Column(visible=False, elem_id=f"{kind}_extra_networks") as extra_panel:
                         with gr.Row():
                             extra_search = gr.Textbox(label="Search", placeholder="part of a name", scale=3,
                                                       elem_id=f"{kind}_extra_networks_search")
                             extra_refresh = gr.Button("Refresh", size="sm", scale=0,
                                                       elem_id=f"{kind}_extra_networks_refresh")
-                        extra_cards = gr.Gallery(label="Hypernetworks", columns=8, fit_columns=False,
+                        extra_cards = gr.Gallery(label="Hypernetworks, LoRA, Textual Inversion", columns=8, fit_columns=False,
                                                  allow_preview=False, height="auto", object_fit="contain",
                                                  elem_id=f"{kind}_extra_networks_cards")
                     extra[kind] = (extra_toggle, extra_panel, extra_search, extra_refresh, extra_cards)
@@ -498,20 +504,31 @@ def build_ui(state: ServerState) -> gr.Blocks:
         for kind, (toggle, panel, panel_search, panel_refresh, panel_cards) in extra.items():
             shown, panel_names = gr.State(False), gr.State([])
 
-            def open_panel(visible: bool, text: str) -> tuple[Any, bool, Any, list[str]]:
-                items, names, _ = cards(text) if not visible else ([], [], "")
+            def panel_list(text: str) -> tuple[Any, list[list[str]]]:
+                """Hypernetwork, LoRA and embedding cards (A1111's panel has a tab for each; here one searchable
+                gallery whose captions say the kind), with (kind, name) per card."""
+                items, names, _ = cards(text)
+                found = [(item, ["hypernet", name]) for item, name in zip(items, names)]
+                needle = (text or "").strip().lower()
+                for kind, (more, more_names, _note) in (("lora", lora_cards(state, _placeholder_card)),
+                                                        ("ti", embedding_cards(state, _placeholder_card))):
+                    label = "LoRA" if kind == "lora" else "Textual Inversion"
+                    found += [((image, f"{label} · {caption}"), [kind, name])
+                              for (image, caption), name in zip(more, more_names) if needle in name.lower()]
+                return [item for item, _ in found], [key for _, key in found]
+
+            def open_panel(visible: bool, text: str) -> tuple[Any, bool, Any, list[list[str]]]:
+                items, names = panel_list(text) if not visible else ([], [])
                 return (gr.Column(visible=not visible), not visible,
                         items if not visible else gr.skip(), names if not visible else gr.skip())
 
-            def panel_list(text: str) -> tuple[Any, list[str]]:
-                items, names, _ = cards(text)
-                return items, names
-
-            def panel_click(names: list[str], prompt: str, evt: gr.SelectData) -> Any:
-                """A1111's card click: the tag at the default multiplier, removed again by a second click."""
+            def panel_click(names: list[list[str]], prompt: str, evt: gr.SelectData) -> Any:
+                """A1111's card click: the tag (or the embedding's name) at the default multiplier, removed again
+                by a second click."""
                 if not 0 <= evt.index < len(names):
                     return gr.skip()
-                return toggle_tag(prompt, names[evt.index], float(state.option("extra_networks_default_multiplier")))
+                kind, name = names[evt.index]
+                return toggle_tag(prompt, name, float(state.option("extra_networks_default_multiplier")), kind)
 
             toggle.click(open_panel, [shown, panel_search], [panel, shown, panel_cards, panel_names], queue=False)
             for trigger in (panel_refresh.click, panel_search.submit):

@@ -20,29 +20,41 @@ def _preview(path: Path) -> str | None:
     return next((str(stem) + s for s in PREVIEW_SUFFIXES if Path(str(stem) + s).is_file()), None)
 
 
+def lora_cards(state: ServerState, placeholder: Callable[[str], Image.Image],
+               refresh: bool = False) -> tuple[list[tuple[Any, str]], list[str], str]:
+    """Gallery items, names (aliases, as tags use them) and a note for the LoRA files found now."""
+    files = state.model.generator.loras.available(refresh=refresh)
+    items = [(_preview(f.path) or placeholder(f.alias),
+              f"{f.alias} · {f.sd_version}" + (f" ({f.name})" if f.alias != f.name else "")) for f in files.values()]
+    note = "" if files else f"No LoRA files in {state.config.lora_dir}."
+    return items, [f.alias for f in files.values()], note
+
+
+def embedding_cards(state: ServerState, placeholder: Callable[[str], Image.Image],
+                    refresh: bool = False) -> tuple[list[tuple[Any, str]], list[str], str]:
+    """Gallery items, names and a note for the embeddings that fit the loaded model (skipped ones in the note)."""
+    generator = state.model.generator
+    library = generator.embeddings
+    library.for_width(sum(generator.info.text_widths), force=refresh)
+    items = [(_preview(e.path) or placeholder(n), f"{n} · {e.count} vector(s)") for n, e in library.loaded.items()]
+    skipped = ", ".join(f"{n} (width {e.shape})" for n, e in library.skipped.items())
+    note = (f"Skipped, made for another model: {skipped}." if skipped else "") or (
+        "" if items else f"No embeddings in {state.config.embeddings_dir}.")
+    return items, list(library.loaded), note
+
+
 def network_tabs(state: ServerState, prompts: dict[str, dict[str, Any]], placeholder: Callable[[str], Image.Image]) -> None:
     """Add the two tabs inside the current ``gr.Tabs``; ``prompts`` are the txt2img/img2img components."""
 
-    def lora_cards(refresh: bool = False) -> tuple[list[tuple[Any, str]], list[str], str]:
-        files = state.model.generator.loras.available(refresh=refresh)
-        items = [(_preview(f.path) or placeholder(f.alias),
-                  f"{f.alias} · {f.sd_version}" + (f" ({f.name})" if f.alias != f.name else "")) for f in files.values()]
-        note = "" if files else f"No LoRA files in {state.config.lora_dir}."
-        return items, [f.alias for f in files.values()], note
+    def loras(refresh: bool = False) -> tuple[list[tuple[Any, str]], list[str], str]:
+        return lora_cards(state, placeholder, refresh)
 
-    def embedding_cards(refresh: bool = False) -> tuple[list[tuple[Any, str]], list[str], str]:
-        generator = state.model.generator
-        library = generator.embeddings
-        library.for_width(sum(generator.info.text_widths), force=refresh)
-        items = [(_preview(e.path) or placeholder(n), f"{n} · {e.count} vector(s)") for n, e in library.loaded.items()]
-        skipped = ", ".join(f"{n} (width {e.shape})" for n, e in library.skipped.items())
-        note = (f"Skipped, made for another model: {skipped}." if skipped else "") or (
-            "" if items else f"No embeddings in {state.config.embeddings_dir}.")
-        return items, list(library.loaded), note
+    def embeddings(refresh: bool = False) -> tuple[list[tuple[Any, str]], list[str], str]:
+        return embedding_cards(state, placeholder, refresh)
 
     for label, key, load, tag in (
-        ("Lora", "lora", lora_cards, lambda name, weight: f"<lora:{name}:{weight:g}>"),
-        ("Textual Inversion", "ti", embedding_cards, lambda name, _weight: name),
+        ("Lora", "lora", loras, lambda name, weight: f"<lora:{name}:{weight:g}>"),
+        ("Textual Inversion", "ti", embeddings, lambda name, _weight: name),
     ):
         with gr.Tab(label, id=f"{key}_tab") as tab:
             with gr.Row():
