@@ -39,7 +39,8 @@ def fresh(tmp_path_factory):
     """``hypernet serve`` with nothing of the user's: no checkpoint, so the toy model."""
     root = tmp_path_factory.mktemp("fresh")
     config = ServerConfig(models_dir=root / "models", hypernetwork_dir=root / "hypernetworks", data_dir=root / "data",
-                          log_dir=root / "logs", outputs_dir=root / "outputs")
+                          log_dir=root / "logs", outputs_dir=root / "outputs", lora_dir=root / "Lora",
+                          embeddings_dir=root / "embeddings", esrgan_dir=root / "ESRGAN")
     state = ServerState.start(config)
     with BackgroundServer(create_app(state)) as running:
         yield running, state

@@ -504,14 +504,14 @@ def build_ui(state: ServerState) -> gr.Blocks:
         for kind, (toggle, panel, panel_search, panel_refresh, panel_cards) in extra.items():
             shown, panel_names = gr.State(False), gr.State([])
 
-            def panel_list(text: str) -> tuple[Any, list[list[str]]]:
+            def panel_list(text: str, refresh: bool = False) -> tuple[Any, list[list[str]]]:
                 """Hypernetwork, LoRA and embedding cards (A1111's panel has a tab for each; here one searchable
-                gallery whose captions say the kind), with (kind, name) per card."""
+                gallery whose captions say the kind), with (kind, name) per card; ``refresh`` rescans the folders."""
                 items, names, _ = cards(text)
                 found = [(item, ["hypernet", name]) for item, name in zip(items, names)]
                 needle = (text or "").strip().lower()
-                for kind, (more, more_names, _note) in (("lora", lora_cards(state, _placeholder_card)),
-                                                        ("ti", embedding_cards(state, _placeholder_card))):
+                for kind, (more, more_names, _note) in (("lora", lora_cards(state, _placeholder_card, refresh)),
+                                                        ("ti", embedding_cards(state, _placeholder_card, refresh))):
                     label = "LoRA" if kind == "lora" else "Textual Inversion"
                     found += [((image, f"{label} · {caption}"), [kind, name])
                               for (image, caption), name in zip(more, more_names) if needle in name.lower()]
@@ -531,8 +531,8 @@ def build_ui(state: ServerState) -> gr.Blocks:
                 return toggle_tag(prompt, name, float(state.option("extra_networks_default_multiplier")), kind)
 
             toggle.click(open_panel, [shown, panel_search], [panel, shown, panel_cards, panel_names], queue=False)
-            for trigger in (panel_refresh.click, panel_search.submit):
-                trigger(panel_list, panel_search, [panel_cards, panel_names])
+            panel_refresh.click(lambda text: panel_list(text, refresh=True), panel_search, [panel_cards, panel_names])
+            panel_search.submit(panel_list, panel_search, [panel_cards, panel_names])
             panel_cards.select(panel_click, [panel_names, tabs[kind]["prompt"]], tabs[kind]["prompt"])
         for trigger in (train_tab.select, ui.load):  # networks made or copied in since the page was built
             trigger(train_parts.refresh, None, train_parts.hypernetwork, show_progress="hidden")
