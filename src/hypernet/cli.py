@@ -70,17 +70,7 @@ def _create(settings: CreateSettings, dir: Path = DEFAULT_HN_DIR, format: str = 
     path = dir / f"{settings.name}.{format}"
     if path.exists() and not settings.overwrite_old:
         raise HypernetError(f"{path} already exists; pass --overwrite to replace it.")
-    net = Hypernetwork.create(
-        settings.name,
-        settings.enable_sizes,
-        layer_structure=settings.layer_structure,
-        activation_func=settings.activation_func,
-        weight_init=settings.weight_init,
-        add_layer_norm=settings.add_layer_norm,
-        dropout_structure=settings.dropout,
-        activate_output=settings.activate_output,
-        seed=settings.seed,
-    )
+    net = Hypernetwork.create(**settings.network_arguments())
     net.save(path)
     say(f"Created {path} ({net.num_parameters():,} parameters; widths {', '.join(map(str, settings.enable_sizes))})")
 

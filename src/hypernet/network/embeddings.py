@@ -8,15 +8,14 @@ data in a text chunk or the pixels) are not read.
 from __future__ import annotations
 
 import os
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 
 from hypernet.errors import HypernetError
+from hypernet.network.weights import read_weights
 
 EMBEDDING_EXTENSIONS = (".pt", ".bin", ".safetensors")
 
@@ -52,19 +51,7 @@ class Embedding:
 def load_embedding(path: str | os.PathLike[str]) -> Embedding:
     """Read one embedding file; anything else (a LoRA, a hypernetwork, a damaged file) is a HypernetError naming it."""
     path = Path(path)
-    try:
-        if path.suffix.lower() == ".safetensors":
-            data: Any = safetensors.torch.load_file(str(path), device="cpu")
-        else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "global" not in str(e).lower():  # not a disallowed class: just damaged
-            raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read.") from None
-        raise HypernetError(f"{path}: refused to load: the file contains Python objects other than tensors and "
-                            "plain data; hypernet never runs code from model files.") from None
-    except Exception as e:  # noqa: BLE001 - torch.load and safetensors raise many types for a damaged file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({first}).") from None
+    data: Any = read_weights(path)
     if not isinstance(data, dict) or not data:
         raise HypernetError(f"{path}: not a textual inversion embedding (expected 'string_to_param', 'emb_params' "
                             "or 'clip_l'/'clip_g').")

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import torch
 from hypernet.errors import HypernetError
 from hypernet.fileio import short_hash
 from hypernet.network.hypernetwork import Architecture, Hypernetwork, check_architecture
+from hypernet.network.weights import first_line, torch_load
 from hypernet.network.writing import EXTENSIONS, SAFETENSORS_FORMAT, save_hypernetwork
 
 __all__ = ["EXTENSIONS", "describe_file", "list_hypernetworks", "load_hypernetwork", "sanitize_name", "save_hypernetwork"]
@@ -46,38 +45,8 @@ def load_hypernetwork(path: str | os.PathLike[str]) -> Hypernetwork:
     return hn
 
 
-TORCH_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")  # zip, or pickle protocol 2-5
-
-
-def _torch_load(path: Path) -> Any:
-    with open(path, "rb") as fh:
-        magic = fh.read(4)
-    if not magic.startswith(TORCH_MAGIC):  # a zip archive (torch >= 1.6) or a pickle (older torch.save)
-        raise HypernetError(f"{path}: not a PyTorch file (a .pt file is a zip archive or a pickle; this is neither)")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()
-        detail = next((line for line in reason if "global" in line.lower()), None)
-        if detail is None:  # no forbidden object named: the bytes are not a pickle torch wrote
-            raise HypernetError(f"{path}: not a PyTorch file (its data cannot be read as one)") from None
-        raise HypernetError(
-            f"{path}: refused to load: the file contains Python objects other than tensors and plain data "
-            f"({detail.strip()}); hypernet never runs code from model files"
-        ) from None
-    except (KeyError, IndexError, TypeError, AttributeError) as e:  # garbage that happens to start like a pickle
-        raise HypernetError(f"{path}: not a PyTorch file ({type(e).__name__} while reading it)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({_first_line(e)})") from None
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _read_pt(path: Path) -> tuple[dict[int, tuple[Mapping[str, torch.Tensor], ...]], dict[str, Any]]:
-    data = _torch_load(path)
+    data = torch_load(path)
     if not isinstance(data, dict):
         raise HypernetError(f"{path}: not a hypernetwork file (it holds a {type(data).__name__}, expected a dict)")
     _refuse_other_kinds(path, [k for k in data if isinstance(k, str)] + _nested_keys(data))
@@ -131,12 +100,12 @@ def _read_safetensors(path: Path) -> tuple[dict[int, tuple[Mapping[str, torch.Te
     except HypernetError:
         raise
     except Exception as e:  # safetensors raises its own SafetensorError for damaged files
-        raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({_first_line(e)})") from None
+        raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({first_line(e)})") from None
     try:
         metadata = json.loads(header["metadata"])
         order = json.loads(header["widths"])
     except (KeyError, json.JSONDecodeError) as e:
-        raise HypernetError(f"{path}: damaged hypernet header ({_first_line(e)})") from None
+        raise HypernetError(f"{path}: damaged hypernet header ({first_line(e)})") from None
     widths: dict[int, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {w: ({}, {}) for w in order}
     for name, tensor in tensors.items():
         width, kv, key = name.split(".", 2)
@@ -229,7 +198,7 @@ def _read_optimizer_sidecar(hn: Hypernetwork, path: Path) -> None:
     sidecar = path.with_name(path.name + ".optim")
     if path.suffix.lower() != ".pt" or not sidecar.is_file():
         return
-    data = _torch_load(sidecar)
+    data = torch_load(sidecar)
     if not isinstance(data, dict) or data.get("hash") != short_hash(path):
         return
     hn.optimizer_name = str(data.get("optimizer_name") or "AdamW")

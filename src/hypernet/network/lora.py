@@ -15,7 +15,6 @@ import difflib
 import hashlib
 import json
 import os
-import pickle
 import re
 import struct
 from collections.abc import Iterable, Mapping
@@ -27,6 +26,7 @@ import safetensors
 import torch
 
 from hypernet.errors import HypernetError
+from hypernet.network.weights import first_line, read_weights
 
 LORA_EXTENSIONS = (".pt", ".ckpt", ".safetensors")
 FORBIDDEN_ALIASES = frozenset({"none", "addams"})
@@ -163,26 +163,16 @@ def lora_hash(lora: LoraFile) -> str:
 def load_lora_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """All tensors of a LoRA file; other kinds of file (a checkpoint, a hypernetwork, an embedding) are named."""
     path = Path(path)
-    try:
-        if path.suffix.lower() == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
+        try:
             with safetensors.safe_open(str(path), framework="pt") as f:
                 header = f.metadata() or {}
-                if header.get("format", "").startswith("hypernet.hypernetwork"):
-                    raise HypernetError(f"{path}: this is a hypernetwork file, not a LoRA; put it in the "
-                                        "hypernetworks folder and use <hypernet:NAME>.")
-                state = {name: f.get_tensor(name) for name in f.keys()}
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except HypernetError:
-        raise
-    except pickle.UnpicklingError as e:
-        if "global" not in str(e).lower():  # not a disallowed class: just damaged
-            raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read.") from None
-        raise HypernetError(f"{path}: refused to load: the file contains Python objects other than tensors and "
-                            "plain data; hypernet never runs code from model files.") from None
-    except Exception as e:  # noqa: BLE001 - torch.load and safetensors raise many types for a damaged file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({first}).") from None
+        except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged header
+            raise HypernetError(f"{path}: the file is truncated or corrupt and cannot be read ({first_line(e)}).") from None
+        if header.get("format", "").startswith("hypernet.hypernetwork"):
+            raise HypernetError(f"{path}: this is a hypernetwork file, not a LoRA; put it in the hypernetworks "
+                                "folder and use <hypernet:NAME>.")
+    state = read_weights(path)
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         raise HypernetError(f"{path}: this is a Stable Diffusion checkpoint, not a LoRA; put it in the models "
                             "folder.")

@@ -46,17 +46,7 @@ def create_hypernetwork(state: ServerState, body: dict[str, Any]) -> Path:
     path = Path(state.config.hypernetwork_dir) / f"{settings.name}.pt"
     if path.exists() and not settings.overwrite_old:
         raise HypernetError(f"file {path} already exists")
-    net = Hypernetwork.create(
-        settings.name,
-        settings.enable_sizes,
-        layer_structure=settings.layer_structure,
-        activation_func=settings.activation_func,
-        weight_init=settings.weight_init,
-        add_layer_norm=settings.add_layer_norm,
-        dropout_structure=settings.dropout,
-        activate_output=settings.activate_output,
-        seed=settings.seed,
-    )
+    net = Hypernetwork.create(**settings.network_arguments())
     net.save(path)
     return path
 

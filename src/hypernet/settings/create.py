@@ -126,6 +126,14 @@ class CreateSettings(SettingsModel):
             return list(self.dropout_structure)
         return [0.0] * len(self.layer_structure)
 
+    def network_arguments(self) -> dict[str, Any]:
+        """``Hypernetwork.create``'s arguments for these settings, so every surface builds the same network:
+        ``Hypernetwork.create(**settings.network_arguments())`` (kept here as data: settings load without torch)."""
+        return dict(name=self.name, widths=list(self.enable_sizes), layer_structure=self.layer_structure,
+                    activation_func=self.activation_func, weight_init=self.weight_init,
+                    add_layer_norm=self.add_layer_norm, dropout_structure=self.dropout,
+                    activate_output=self.activate_output, seed=self.seed)
+
 
 def _numbers(values: list[float]) -> str:
     return '"' + ", ".join(f"{v:g}" if math.isfinite(v) else str(v) for v in values) + '"'
