@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
@@ -15,12 +13,7 @@ from hypernet.testing import TEXT_WIDTHS, UNET_CHANNELS
 
 pytestmark = pytest.mark.slow  # every test here builds models, servers or browsers
 
-CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
-if not Path(CHROMIUM).is_file():
-    if os.environ.get("HYPERNET_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+from ui_browser import launch, sync_api  # noqa: E402 - skips this module where Chromium is missing
 
 
 def test_export_button_writes_a_lora_and_bake_button_a_checkpoint(tmp_path) -> None:
@@ -29,7 +22,7 @@ def test_export_button_writes_a_lora_and_bake_button_a_checkpoint(tmp_path) -> N
         config.hypernetwork_dir / "flat.pt")
     state = ServerState.start(config)
     with BackgroundServer(create_app(state)) as running, sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = launch(playwright)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(90_000)
         page.goto(running.url + "/")

@@ -4,7 +4,6 @@ a training run's 3 snapshots x 3 strengths x 2 seeds, every cell equal to a sing
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +18,9 @@ from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 
 pytestmark = pytest.mark.slow  # every test here builds models, servers or browsers
 
-CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("HYPERNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "ui"
 WAIT_MS = 180_000
 
-if not Path(CHROMIUM).is_file():
-    if os.environ.get("HYPERNET_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
+from ui_browser import ARTIFACTS, launch, sync_api  # noqa: E402 - skips this module where Chromium is missing
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +34,7 @@ def server(toy_run: Path, tmp_path_factory):
 
 def test_xyz_plot_panel(server, toy, toy_run: Path, single_image) -> None:
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = launch(playwright)
         page = browser.new_context(viewport={"width": 1400, "height": 1400}).new_page()
         page.set_default_timeout(WAIT_MS)
         page.goto(server.url + "/")

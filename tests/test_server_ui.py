@@ -7,7 +7,6 @@ HYPERNET_REQUIRE_BROWSER=1 (CI) turns that into a failure.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -22,17 +21,11 @@ from hypernet.server.app import BackgroundServer
 from hypernet.server.testing import tiny_server_config
 from hypernet.testing import TEXT_WIDTHS, save_tensors
 
-CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("HYPERNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "ui"
 USER, PASSWORD = "ui-user", "ui-pass"
 WAIT_MS = 90_000  # every browser wait is bounded
 
-if not Path(CHROMIUM).is_file():
-    if os.environ.get("HYPERNET_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
+from ui_browser import ARTIFACTS, launch, sync_api  # noqa: E402 - skips this module where Chromium is missing
 
-sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.slow  # a real Chromium per module
 
 
@@ -46,7 +39,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser():
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = launch(playwright)
         yield browser
         browser.close()
 

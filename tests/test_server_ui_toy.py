@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,16 +20,9 @@ from hypernet.toy.world import detect_colour, detect_shape
 
 pytestmark = pytest.mark.slow  # every test here builds models, servers or browsers
 
-CHROMIUM = os.environ.get("HYPERNET_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(os.environ.get("HYPERNET_TEST_ARTIFACTS", Path(__file__).resolve().parents[1] / "test-artifacts")) / "ui"
 WAIT_MS = 90_000
 
-if not Path(CHROMIUM).is_file():
-    if os.environ.get("HYPERNET_REQUIRE_BROWSER") == "1":
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)", pytrace=False)
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)", allow_module_level=True)
-
-sync_api = pytest.importorskip("playwright.sync_api")
+from ui_browser import ARTIFACTS, launch, sync_api  # noqa: E402 - skips this module where Chromium is missing
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +41,7 @@ def fresh(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(fresh):
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = launch(playwright)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         context.set_default_timeout(WAIT_MS)
         page = context.new_page()
