@@ -104,6 +104,38 @@ def test_few_calls_apply_the_network_instead_of_folding() -> None:
     torch.testing.assert_close(out, reference(twin, x, None, entries), atol=2e-5, rtol=1e-5)
 
 
+def test_a_short_scope_applies_the_composed_map_and_a_repeated_network_earns_its_fold() -> None:
+    """Rent or buy: 3 tokens x 4 calls (12 < the layer's 16 outputs) take the composed map (not the networks, not a
+    fold); the second scope with the same networks has seen 24 tokens, so the fold has paid off and is made."""
+    attn = attention(16, None)
+    twin = copy.deepcopy(attn)
+    own = (attn.to_k.weight, attn.to_v.weight)
+    entries = nets("linear")
+    calls = []
+    for hn, _ in entries:
+        for module in hn.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.register_forward_hook(lambda *a: calls.append(1))
+    stack = install_hypernetworks(attn)
+    x = torch.randn(1, 3, 16)
+    want = reference(twin, x, None, entries)
+    calls.clear()
+    with torch.no_grad():
+        with stack.applied(entries, expected_calls=4):
+            for _ in range(4):
+                torch.testing.assert_close(attn(x), want, atol=2e-5, rtol=1e-5)
+                assert (attn.to_k.weight, attn.to_v.weight) == own, "a short scope does not fold"
+        assert calls == [], "the composed map runs, not the networks"
+        with stack.applied(entries, expected_calls=4):
+            torch.testing.assert_close(attn(x), want, atol=2e-5, rtol=1e-5)
+            assert attn.to_k.weight is not own[0] and attn.to_v.weight is not own[1], "the second scope folds"
+        assert (attn.to_k.weight, attn.to_v.weight) == own
+        other = [(Hypernetwork.create("z", (16, 24), weight_init="XavierNormal", seed=9), 0.5)]
+        with stack.applied(other, expected_calls=4):  # other networks: their tokens start from zero again
+            torch.testing.assert_close(attn(x), reference(twin, x, None, other), atol=2e-5, rtol=1e-5)
+            assert (attn.to_k.weight, attn.to_v.weight) == own
+
+
 def test_applied_restores_the_previous_networks() -> None:
     attn = attention(16, 24)
     twin = copy.deepcopy(attn)

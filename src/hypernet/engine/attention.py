@@ -5,12 +5,17 @@ the context is the block's hidden states; cross-attention: the text embedding). 
 forward pre-hooks on each layer's ``to_k`` and ``to_v`` (as ComfyUI's attn1/attn2 patches transform k/v inputs), so
 the model keeps its own processor (SDPA, xformers, IP-Adapter, LoRA through PEFT ...) and no class is patched.
 
-Two shortcuts make inference nearly free, chosen per layer and never during training (grad enabled):
+Shortcuts make inference nearly free, chosen per layer and never during training (grad enabled):
 
-* a purely linear stack is *folded*: for the duration of a scope the layer's ``to_k``/``to_v`` parameters are
-  swapped for ``W @ M`` and ``W @ d + b`` (made in float32), when making them costs less than applying the map to
-  every token of every call (the caller says how many calls to expect); folds are kept for the next scope with the
-  same networks, multipliers and weights, so a server pays them once;
+* a purely linear stack is one affine map ``x -> x @ M.T + d`` per width (composed once, kept while the networks,
+  multipliers and weights stay the same), and each self-attention layer takes the cheapest exact way to use it:
+  *fold* it into the layer (its ``to_k``/``to_v`` parameters swapped for ``W @ M`` and ``W @ d + b`` for the scope,
+  made in float32: ``out x in x in`` multiply-adds once, nothing per token), *apply the map* to the tokens
+  (``in x in`` per token) or, where composing the map is not worth it, run the networks (their MACs per token).
+  The caller says how many calls to expect; a layer folds once the tokens it has seen with these networks (this
+  scope's expected ones and earlier scopes') would have cost more than the fold, as a rent-or-buy rule: a one-off
+  short generation never pays a fold it cannot earn back, a server that keeps using a network folds it and keeps
+  the fold for every later request;
 * a cross-attention text context, identical in every layer of a width and every step, is transformed once.
 """
 
@@ -84,11 +89,15 @@ class HypernetworkStack:
         self._signature = _Signature.of([], None)
         self._expected_calls: int | None = None  # forward calls the current scope expects; None: many
         self._handles: list[RemovableHandle] = []
+        # the composed affine maps of the signature they were made for (kept across scopes with the same networks)
         self._affine: dict[int, tuple[torch.Tensor, ...] | None] = {}
+        self._affine_signature = self._signature
         self._text: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._folds: weakref.WeakKeyDictionary[torch.nn.Linear, _Fold] = weakref.WeakKeyDictionary()
+        # tokens each layer has taken with a signature, this scope's expected ones included: the rent-or-buy count
+        self._seen: weakref.WeakKeyDictionary[torch.nn.Linear, tuple[_Signature, int]] = weakref.WeakKeyDictionary()
         self._swapped: dict[torch.nn.Linear, tuple[torch.nn.Parameter, torch.nn.Parameter | None]] = {}
-        self._declined: set[torch.nn.Linear] = set()  # layers this scope applies by tokens instead of folding
+        self._plans: dict[torch.nn.Linear, str] = {}  # this scope's way per layer: "fold", "map" or "networks"
         self._low_precision: tuple[_Signature, list[tuple[Hypernetwork, float]]] | None = None  # dtype copies
 
     # ------------------------------------------------------------------ lifecycle
@@ -100,12 +109,11 @@ class HypernetworkStack:
             hn.check_runnable()
         self._restore_weights()
         self._text.clear()
-        self._declined.clear()
+        self._plans.clear()
         self._expected_calls = expected_calls
         signature = _Signature.of(entries, dtype)
         if signature != self._signature:
             self._signature = signature
-            self._affine.clear()
             if dtype is not None and dtype != torch.float32:
                 if self._low_precision is None or self._low_precision[0] != signature:
                     self._low_precision = (signature, [(copy.deepcopy(hn).to(dtype), m) for hn, m in entries])
@@ -126,18 +134,18 @@ class HypernetworkStack:
         finally:
             self._restore_weights()
             self._text.clear()
-            self._declined.clear()
+            self._plans.clear()
             self.entries, self._signature, self._expected_calls = previous
-            self._affine.clear()
             self._hook(bool(self.entries))
 
     def clear_caches(self) -> None:
-        """Forget folds and cached contexts (e.g. after changing weights without an in-place op)."""
+        """Forget folds, composed maps and cached contexts (e.g. after changing weights without an in-place op)."""
         self._restore_weights()
         self._folds.clear()
+        self._seen.clear()
         self._affine.clear()
         self._text.clear()
-        self._declined.clear()
+        self._plans.clear()
         self._low_precision = None
 
     def uninstall(self) -> None:
@@ -165,6 +173,9 @@ class HypernetworkStack:
 
     def affine(self, width: int) -> tuple[torch.Tensor, ...] | None:
         """``(Mk, dk, Mv, dv)`` with ``ctx_k = ctx @ Mk.T + dk`` if every active network is affine, else None."""
+        if self._affine_signature != self._signature:
+            self._affine.clear()
+            self._affine_signature = self._signature
         if width not in self._affine:
             active = self.active(width)
             maps: list[torch.Tensor] | None = []
@@ -193,24 +204,62 @@ class HypernetworkStack:
         self._text[width] = (context, ctx_k, ctx_v)
         return ctx_k, ctx_v
 
-    def _fold(self, linear: torch.nn.Linear, which: int, context: torch.Tensor) -> bool:
-        """Swap ``linear``'s parameters for the folded ones if that is the cheaper way; True if they are swapped."""
-        if linear in self._swapped:
+    def plan(self, linear: torch.nn.Linear, context: torch.Tensor) -> str:
+        """How this scope feeds a self-attention ``linear``: ``"fold"``, ``"map"`` or ``"networks"`` (see the
+        module docstring), chosen at its first call in the scope by multiply-add counts."""
+        plan = self._plans.get(linear)
+        if plan is not None:
+            return plan
+        width = linear.in_features
+        if linear.weight.device.type == "meta":  # offloaded layer by layer: nothing to fold into
+            plan = "networks"
+        elif self._expected_calls is None:  # a long scope (a server, a long generation): anything linear folds
+            plan = "fold" if self.affine(width) is not None else "networks"
+        else:
+            rows = context.numel() // width
+            seen = self._seen.get(linear)
+            tokens = (seen[1] if seen is not None and seen[0] == self._signature else 0) + rows * self._expected_calls
+            self._seen[linear] = (self._signature, tokens)
+            if not self._worth_composing(width, rows) or self.affine(width) is None:
+                plan = "networks"
+            else:  # rent (apply the map) until the tokens seen would have paid for buying (the fold)
+                plan = "fold" if linear.out_features <= tokens else "map"
+        self._plans[linear] = plan
+        return plan
+
+    def _worth_composing(self, width: int, rows: int) -> bool:
+        """Composing the networks into one map per width costs products of their weight matrices, repaid by every
+        token that then takes ``width x width`` instead of the networks' MACs (estimated: every self-attention layer
+        of this width gets as many tokens as this one)."""
+        if self._affine_signature == self._signature and width in self._affine:
             return True
-        if linear in self._declined or linear.weight.device.type == "meta":  # meta: offloaded layer by layer
-            return False
+        compose, per_row = 0, 0
+        for i, (hn, _) in enumerate(self.active(width)):
+            weights = [p for p in hn.modules_for(width)[0].parameters() if p.ndim == 2]  # type: ignore[index]
+            per_row += sum(w.numel() for w in weights)
+            compose += sum(w.numel() * width for w in weights[1:]) + (width**3 if i else 0)
+        layers = sum(1 for to_k, _, cross in self._layers if not cross and to_k.in_features == width)
+        tokens = layers * rows * (self._expected_calls or 1)
+        return compose + tokens * width * width < tokens * per_row
+
+    def map_context(self, context: torch.Tensor, which: int) -> torch.Tensor:
+        """``context @ M.T + d``: the composed affine map applied to the tokens (float32, as the fold is made)."""
+        maps = self.affine(context.shape[-1])
+        assert maps is not None
+        m, d = maps[2 * which].to(context.device), maps[2 * which + 1].to(context.device)
+        return torch.nn.functional.linear(context.float(), m, d).to(context.dtype)
+
+    def swap_in_fold(self, linear: torch.nn.Linear, which: int) -> None:
+        """Give ``linear`` the folded parameters for this scope, reusing the fold made for the same networks and
+        the same layer weights, else making it."""
+        if linear in self._swapped:
+            return
         base = (linear.weight._version, linear.weight, linear.bias)
         fold = self._folds.get(linear)
         stale = fold is None or fold.signature != self._signature or fold.base[0] != base[0] or fold.base[1] is not base[1]
         if stale or fold.weight.device != linear.weight.device or fold.weight.dtype != linear.weight.dtype:
-            width = linear.in_features
-            if not self._worth_folding(linear, context):
-                self._declined.add(linear)
-                return False
-            maps = self.affine(width)
-            if maps is None:
-                self._declined.add(linear)
-                return False
+            maps = self.affine(linear.in_features)
+            assert maps is not None
             m, d = maps[2 * which], maps[2 * which + 1]
             w = linear.weight.detach().float()
             m, d = m.to(w.device, torch.float32), d.to(w.device, torch.float32)
@@ -223,21 +272,6 @@ class HypernetworkStack:
             )
         self._swapped[linear] = (linear.weight, linear.bias)
         linear.weight, linear.bias = fold.weight, fold.bias
-        return True
-
-    def _worth_folding(self, linear: torch.nn.Linear, context: torch.Tensor) -> bool:
-        """Folding costs ``out x in x in`` multiply-adds once; applying costs the networks' MACs for every token of
-        every call. With no expected call count, a scope is assumed long (a server, a long generation)."""
-        if self._expected_calls is None:
-            return True
-        width = linear.in_features
-        per_row = 0
-        for hn, _ in self.active(width):
-            pair = hn.modules_for(width)
-            assert pair is not None
-            per_row += sum(p.numel() for p in pair[0].parameters() if p.ndim == 2)
-        rows = context.numel() // width
-        return linear.out_features * width * width < self._expected_calls * rows * per_row
 
     def _restore_weights(self) -> None:
         for linear, (weight, bias) in self._swapped.items():
@@ -246,8 +280,9 @@ class HypernetworkStack:
 
 
 class _ContextHook:
-    """``to_k``/``to_v`` forward pre-hook: the input becomes ``hn_k(context)`` (or ``hn_v``), or the layer's
-    parameters are the folded ones and the input passes unchanged."""
+    """``to_k``/``to_v`` forward pre-hook: the input becomes ``hn_k(context)`` (or ``hn_v``), computed by the
+    networks or by their composed map, or the layer's parameters are the folded ones and the input passes
+    unchanged."""
 
     def __init__(self, stack: HypernetworkStack, cross: bool, which: int) -> None:
         self.stack, self.cross, self.which = stack, cross, which
@@ -263,8 +298,12 @@ class _ContextHook:
             return None
         if self.cross:  # 77 text tokens: transformed once per prompt, cheaper than a fold
             return (stack.text_contexts(context)[self.which],)
-        if stack._fold(linear, self.which, context):
+        plan = stack.plan(linear, context)
+        if plan == "fold":
+            stack.swap_in_fold(linear, self.which)
             return None
+        if plan == "map":
+            return (stack.map_context(context, self.which),)
         return (_chain(active, context, self.which),)
 
 
