@@ -157,6 +157,76 @@ def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_avera
     assert state.last_training.result.stopped == "interrupted"
 
 
+def _text(page, selector: str) -> str:
+    return page.locator(selector).inner_text()
+
+
+def test_training_health_settings_table_and_over_cooked_warning(page, fresh) -> None:
+    """The Train tab's health settings reach the run; the table shows every measured snapshot with the recommended
+    one marked; a run at 10x the demo's rate with "Stop when over-cooked" says it over-cooked and what it kept."""
+    import csv
+
+    from hypernet.engine.model_defaults import network_widths
+    from hypernet.network import Hypernetwork
+    from hypernet.toy.style import write_style_dataset
+
+    _, state = fresh
+    generator = state.model.generator
+    write_style_dataset(state.config.data_dir / "sepia-health")
+    Hypernetwork.create("health-ui", network_widths(generator.pipe, generator.info.text_widths), layer_structure=[1, 2, 1],
+                        seed=0).save(state.config.hypernetwork_dir / "health-ui.pt")
+    open_tab(page, "Train", "Train")
+    page.click("#train_refresh")
+    page.click("#train_hypernetwork input")
+    page.locator("ul[role=listbox] li", has_text="health-ui").first.click()
+    page.fill("#train_data textarea", "sepia-health")
+    page.uncheck("#train_use_weight input")
+    for elem_id, value in (("train_steps", "8"), ("train_save_every", "4"), ("train_image_every", "0")):
+        page.fill(f"#{elem_id} input", value)
+    page.get_by_text("Training health", exact=True).click()
+    page.fill("#train_validation_split input", "2")
+    probes = page.locator("#train_health_probes input[type=number]")
+    probes.fill("2")
+    probes.press("Enter")
+    page.click("#train_button")
+    page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes("
+                           "'Training finished at step 8')", timeout=300_000)
+    page.wait_for_function("(document.querySelector('#train_health') || {innerText: ''}).innerText.includes("
+                           "'health-ui-8.pt')")
+    result = state.last_training.result
+    assert [h.step for h in result.health] == [0, 4, 8] and all(h.validation_loss is not None for h in result.health)
+    assert result.health[1].stats is not None and result.recommended_step == 8, [h.row() for h in result.health]
+    table = _text(page, "#train_health")
+    assert "★ recommended" in table and "start (the network before this run)" in table and "health-ui-4.pt" in table
+    marked = page.locator("#train_health tr.hn-best")
+    assert marked.count() == 1 and "health-ui-8.pt" in marked.inner_text()
+    assert "Recommended snapshot: step 8" in _text(page, "#train_health_note")
+    shot(page, "toy-12-training-health")
+
+    # the same network on at 10x the demo's rate: it over-cooks within a few snapshots and training stops there
+    page.fill("#train_lr textarea", "2e-2")
+    for elem_id, value in (("train_steps", "40"), ("train_save_every", "2")):
+        page.fill(f"#{elem_id} input", value)
+    page.check("#train_stop_overcooked input")
+    page.click("#train_button")
+    page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes("
+                           "'Training stopped at step')", timeout=300_000)
+    page.wait_for_function("(document.querySelector('#train_health_note') || {innerText: ''}).innerText.includes("
+                           "'Over-cooked')")
+    hot = state.last_training.result
+    assert hot.stopped == "overcooked" and hot.start_step == 8 and hot.health[-1].distorted
+    note = _text(page, "#train_health_note")
+    assert "training stopped (Stop when over-cooked)" in note, note
+    if hot.recommended_step is not None:
+        assert f"restored the recommended snapshot, step {hot.recommended_step}" in note
+    assert page.locator("#train_health tr.hn-cooked").count() >= 1
+    shot(page, "toy-13-training-over-cooked")
+    # the continued run's health.csv kept the first run's rows
+    with open(f"{hot.log_directory}/health.csv", newline="") as fh:
+        steps = [row["step"] for row in csv.DictReader(fh)]
+    assert steps[:4] == ["0", "4", "8", "8"] and steps[-1] == str(hot.step), steps
+
+
 def test_the_extra_networks_panel_under_the_prompt_toggles_a_cards_tag(page, fresh) -> None:
     from hypernet.engine.model_defaults import network_widths
     from hypernet.network import Hypernetwork
