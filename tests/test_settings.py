@@ -157,3 +157,18 @@ def test_readme_tables_are_what_the_models_say() -> None:
     for name in tables():
         assert f"<!-- settings:{name} -->" in readme, f"README has no {name} table"
     assert rewrite(readme) == readme, "README tables are stale: run `python -m hypernet.settings.docs README.md`"
+
+
+def test_folders_read_the_environment_when_made_not_at_import(tmp_path, monkeypatch, capsys) -> None:
+    """$HYPERNET_* set after hypernet was imported (a test, a server configured in-process) still counts: for
+    :class:`Folders` and for every command's folder options."""
+    from hypernet.cli import main
+    from hypernet.network import Hypernetwork
+
+    for variable, name in (("HYPERNET_HYPERNETWORK_DIR", "hypernetwork_dir"), ("HYPERNET_LORA_DIR", "lora_dir"),
+                           ("HYPERNET_EMBEDDINGS_DIR", "embeddings_dir")):
+        monkeypatch.setenv(variable, str(tmp_path / name))
+        assert getattr(Folders(), name) == str(tmp_path / name)
+    Hypernetwork.create("late", [32], seed=1).save(tmp_path / "hypernetwork_dir" / "late.pt")
+    main(["list"])
+    assert "late" in capsys.readouterr().out

@@ -33,10 +33,11 @@ EsrganDir = Annotated[str, Field(max_length=_PATH, description="ESRGAN upscaler 
 
 
 class Folders(SettingsModel):
-    """Where models and networks are found."""
+    """Where models and networks are found. The environment is read when a Folders is made, not when this module
+    is imported, so a server or a test that sets ``$HYPERNET_*`` afterwards gets its folders."""
 
-    hypernetwork_dir: HypernetworkDir = str(hypernetwork_dir())
-    lora_dir: LoraDir = str(lora_dir())
-    embeddings_dir: EmbeddingsDir = str(embeddings_dir())
+    hypernetwork_dir: HypernetworkDir = Field(default_factory=lambda: str(hypernetwork_dir()))
+    lora_dir: LoraDir = Field(default_factory=lambda: str(lora_dir()))
+    embeddings_dir: EmbeddingsDir = Field(default_factory=lambda: str(embeddings_dir()))
     esrgan_dir: EsrganDir = "models/ESRGAN"
 
