@@ -39,13 +39,24 @@ def url(server) -> str:
     return server[0].url + "/sdapi/v1"
 
 
+@pytest.fixture
+def untouched(tmp_path):
+    """A server of its own, for the test that lists what a fresh server has: the shared one gains networks, LoRAs,
+    embeddings and checkpoints from the other tests, in whatever order they run."""
+    state = ServerState.start(tiny_server_config(tmp_path))
+    with BackgroundServer(create_app(state)) as running:
+        yield running, state
+    state.close()
+
+
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.float64)
 
 
 @pytest.mark.slow
-def test_client_lists_hypernetworks_models_samplers(api, server) -> None:
-    _, state = server
+def test_client_lists_hypernetworks_models_samplers(untouched) -> None:
+    running, state = untouched
+    api = webuiapi.WebUIApi(host="127.0.0.1", port=running.port, sampler="Euler", steps=3)
     assert api.get_hypernetworks() == [{"name": "style", "path": str(state.config.hypernetwork_dir / "style.pt")}]
     models = api.get_sd_models()
     assert models[0]["title"].startswith("tiny-sd1.safetensors [") and len(models[0]["hash"]) == 10
@@ -279,10 +290,12 @@ def test_switch_checkpoint_through_options_and_override(api, server, url) -> Non
     per_request = api.txt2img(prompt="a hill", override_settings={"sd_model_checkpoint": "sub/other.safetensors"}, **FAST)
     assert per_request.info["sd_model_name"] == "other"
     assert api.util_get_current_model() == original, "the override is restored afterwards"
-    api.util_set_model("sub/other")  # the client's fuzzy match, then POST /options
-    assert api.util_get_current_model().startswith("sub/other.safetensors [")
-    assert api.txt2img(prompt="a hill", **FAST).info["sd_model_name"] == "other"
-    api.set_options({"sd_model_checkpoint": original})
+    try:
+        api.util_set_model("sub/other")  # the client's fuzzy match, then POST /options
+        assert api.util_get_current_model().startswith("sub/other.safetensors [")
+        assert api.txt2img(prompt="a hill", **FAST).info["sd_model_name"] == "other"
+    finally:  # the server is shared: the other tests expect the original model
+        api.set_options({"sd_model_checkpoint": original})
     assert api.util_get_current_model() == original
 
 

@@ -16,10 +16,11 @@ import requests
 import torch
 
 from hypernet.engine.infotext import parse_infotext
+from hypernet.network import Hypernetwork
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.testing import tiny_server_config
-from hypernet.testing import TEXT_WIDTHS, save_tensors
+from hypernet.testing import TEXT_WIDTHS, UNET_CHANNELS, save_tensors
 
 USER, PASSWORD = "ui-user", "ui-pass"
 WAIT_MS = 90_000  # every browser wait is bounded
@@ -44,8 +45,10 @@ def browser():
         browser.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def page(server, browser):
+    """A page of its own for each test: no tab, field or selection left over from another test (tests run alone,
+    in any order, or spread over pytest-xdist workers)."""
     context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
                                   viewport={"width": 1400, "height": 1000})
     context.set_default_timeout(WAIT_MS)
@@ -54,6 +57,15 @@ def page(server, browser):
     page.wait_for_selector("#txt2img_prompt textarea")
     yield page
     context.close()
+
+
+@pytest.fixture(scope="module")
+def trainable(server) -> str:
+    """A network of its own for the training test (the one the create test makes may not exist yet)."""
+    _, state = server
+    Hypernetwork.create("browsertrain", [*TEXT_WIDTHS["sd1"], *UNET_CHANNELS], layer_structure=(1, 1.5, 1), seed=3).save(
+        state.config.hypernetwork_dir / "browsertrain.pt")
+    return "browsertrain"
 
 
 def shot(page, name: str) -> None:
@@ -141,14 +153,14 @@ def test_create_hypernetwork_shows_a_card_that_inserts_its_tag(page, server) -> 
     assert page.input_value("#txt2img_prompt textarea") == "a tower <hypernet:browsercard:1>"
 
 
-def test_training_shows_a_live_loss_chart_and_preview(page, server) -> None:
+def test_training_shows_a_live_loss_chart_and_preview(page, server, trainable) -> None:
     _, state = server
     open_tab(page, "txt2img")
     page.fill("#txt2img_prompt textarea", "a preview")  # previews are read from txt2img: 3 steps at 64x64
     open_tab(page, "Train", "Train")
     page.click("#train_refresh")
     page.click("#train_hypernetwork input")
-    page.locator("ul[role=listbox] li", has_text="browsercard").first.click()
+    page.locator("ul[role=listbox] li", has_text=trainable).first.click()
     page.fill("#train_data textarea", "set")
     page.fill("#train_lr textarea", "0.0005")
     set_number(page, "train_width", "64")
@@ -211,7 +223,7 @@ def test_hires_fix_with_its_own_sampler_and_prompts(page) -> None:
     for elem_id, value in (("txt2img_steps", "2"), ("txt2img_width", "64"), ("txt2img_height", "64")):
         set_number(page, elem_id, value)
     set_number(page, "txt2img_hires_steps", "1")
-    page.locator("#txt2img_sampler input").click()  # an earlier test may have pasted another first-pass sampler
+    page.locator("#txt2img_sampler input").click()  # the first pass's own sampler, not the default
     page.locator("#txt2img_sampler").get_by_role("option", name="DPM++ 2M", exact=True).click()
     page.locator("#hr_sampler input").click()
     page.locator("#hr_sampler").get_by_role("option", name="Euler", exact=True).click()

@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from hypernet.engine.model_defaults import network_widths
+from hypernet.network import Hypernetwork
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.state import ServerConfig
@@ -39,16 +41,34 @@ def fresh(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(fresh):
+def browser():
     with sync_api.sync_playwright() as playwright:
         browser = launch(playwright)
-        context = browser.new_context(viewport={"width": 1400, "height": 1000})
-        context.set_default_timeout(WAIT_MS)
-        page = context.new_page()
-        page.goto(fresh[0].url + "/")
-        page.wait_for_selector("#txt2img_prompt textarea")
-        yield page
+        yield browser
         browser.close()
+
+
+@pytest.fixture
+def page(browser, fresh):
+    """A page of its own for each test: no tab, field or selection left over from another test (tests run alone,
+    in any order, or spread over pytest-xdist workers)."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(WAIT_MS)
+    page = context.new_page()
+    page.goto(fresh[0].url + "/")
+    page.wait_for_selector("#txt2img_prompt textarea")
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def owl(fresh) -> str:
+    """A network with a Cyrillic name that fits the toy model, for the tests that use one without creating it."""
+    _, state = fresh
+    generator = state.model.generator
+    Hypernetwork.create("филин", network_widths(generator.pipe, generator.info.text_widths), seed=2).save(
+        state.config.hypernetwork_dir / "филин.pt")
+    return "филин"
 
 
 def shot(page, name: str) -> None:
@@ -107,9 +127,7 @@ def test_a_failed_create_leaves_the_train_tab_usable_and_nothing_preselected(pag
     shot(page, "toy-3-train-dropdown-after-error")
 
 
-def test_cards_flag_unfit_networks_toggle_their_tag_search_and_render_cyrillic(page, fresh) -> None:
-    from hypernet.network import Hypernetwork
-
+def test_cards_flag_unfit_networks_toggle_their_tag_search_and_render_cyrillic(page, fresh, owl) -> None:
     _, state = fresh
     Hypernetwork.create("sd15-only", [768, 320, 640, 1280], seed=1).save(state.config.hypernetwork_dir / "sd15-only.pt")
     open_tab(page, "txt2img")
@@ -118,21 +136,21 @@ def test_cards_flag_unfit_networks_toggle_their_tag_search_and_render_cyrillic(p
     unfit = page.locator("#hn_cards img[alt*='sd15-only']")
     unfit.wait_for()
     assert unfit.get_attribute("alt").startswith("⚠ not for this model")
-    owl = page.locator("#hn_cards img[alt^='сова']")
-    assert owl.count() == 1
+    owl_card = page.locator(f"#hn_cards img[alt^='{owl}']")
+    assert owl_card.count() == 1
     shot(page, "toy-4-cards")
-    owl.click()
-    page.wait_for_function("(document.querySelector('#txt2img_prompt textarea') || {value: ''}).value.includes('<hypernet:сова:1>')")
-    owl.click()  # A1111: a second click takes the tag out again
+    owl_card.click()
+    page.wait_for_function(f"(document.querySelector('#txt2img_prompt textarea') || {{value: ''}}).value.includes('<hypernet:{owl}:1>')")
+    owl_card.click()  # A1111: a second click takes the tag out again
     page.wait_for_function("!(document.querySelector('#txt2img_prompt textarea') || {value: ''}).value.includes('<hypernet:')")
     assert page.input_value("#txt2img_prompt textarea") == "a red circle on a white background, center"
-    page.fill("#hn_search textarea", "сов")
+    page.fill("#hn_search textarea", owl[:3])
     page.press("#hn_search textarea", "Enter")
     page.wait_for_function("document.querySelectorAll('#hn_cards img').length === 1")
     shot(page, "toy-5-cards-search")
 
 
-def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_average(page, fresh) -> None:
+def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_average(page, fresh, owl) -> None:
     from hypernet.toy.style import write_style_dataset
 
     _, state = fresh
@@ -140,8 +158,9 @@ def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_avera
     open_tab(page, "Train", "Train")
     assert page.locator("#train_steps input").input_value() == "300"  # the toy model's, not A1111's 100000
     assert page.locator("#train_width input[type=number]").input_value() == "64"
+    page.click("#train_refresh")  # the network was written after the UI was built
     page.click("#train_hypernetwork input")
-    page.locator("ul[role=listbox] li", has_text="сова").first.click()
+    page.locator("ul[role=listbox] li", has_text=owl).first.click()
     page.fill("#train_data textarea", "sepia")
     page.check("#train_use_weight input")
     page.click("#train_button")
@@ -157,10 +176,77 @@ def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_avera
     assert state.last_training.result.stopped == "interrupted"
 
 
-def test_the_extra_networks_panel_under_the_prompt_toggles_a_cards_tag(page, fresh) -> None:
+def _text(page, selector: str) -> str:
+    return page.locator(selector).inner_text()
+
+
+def test_training_health_settings_table_and_over_cooked_warning(page, fresh) -> None:
+    """The Train tab's health settings reach the run; the table shows every measured snapshot with the recommended
+    one marked; a run at 10x the demo's rate with "Stop when over-cooked" says it over-cooked and what it kept."""
+    import csv
+
     from hypernet.engine.model_defaults import network_widths
     from hypernet.network import Hypernetwork
+    from hypernet.toy.style import write_style_dataset
 
+    _, state = fresh
+    generator = state.model.generator
+    write_style_dataset(state.config.data_dir / "sepia-health")
+    Hypernetwork.create("health-ui", network_widths(generator.pipe, generator.info.text_widths), layer_structure=[1, 2, 1],
+                        seed=0).save(state.config.hypernetwork_dir / "health-ui.pt")
+    open_tab(page, "Train", "Train")
+    page.click("#train_refresh")
+    page.click("#train_hypernetwork input")
+    page.locator("ul[role=listbox] li", has_text="health-ui").first.click()
+    page.fill("#train_data textarea", "sepia-health")
+    page.uncheck("#train_use_weight input")
+    for elem_id, value in (("train_steps", "8"), ("train_save_every", "4"), ("train_image_every", "0")):
+        page.fill(f"#{elem_id} input", value)
+    page.get_by_text("Training health", exact=True).click()
+    page.fill("#train_validation_split input", "2")
+    probes = page.locator("#train_health_probes input[type=number]")
+    probes.fill("2")
+    probes.press("Enter")
+    page.click("#train_button")
+    page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes("
+                           "'Training finished at step 8')", timeout=300_000)
+    page.wait_for_function("(document.querySelector('#train_health') || {innerText: ''}).innerText.includes("
+                           "'health-ui-8.pt')")
+    result = state.last_training.result
+    assert [h.step for h in result.health] == [0, 4, 8] and all(h.validation_loss is not None for h in result.health)
+    assert result.health[1].stats is not None and result.recommended_step == 8, [h.row() for h in result.health]
+    table = _text(page, "#train_health")
+    assert "★ recommended" in table and "start (the network before this run)" in table and "health-ui-4.pt" in table
+    marked = page.locator("#train_health tr.hn-best")
+    assert marked.count() == 1 and "health-ui-8.pt" in marked.inner_text()
+    assert "Recommended snapshot: step 8" in _text(page, "#train_health_note")
+    shot(page, "toy-12-training-health")
+
+    # the same network on at 10x the demo's rate: it over-cooks within a few snapshots and training stops there
+    page.fill("#train_lr textarea", "2e-2")
+    for elem_id, value in (("train_steps", "40"), ("train_save_every", "2")):
+        page.fill(f"#{elem_id} input", value)
+    page.check("#train_stop_overcooked input")
+    page.click("#train_button")
+    page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes("
+                           "'Training stopped at step')", timeout=300_000)
+    page.wait_for_function("(document.querySelector('#train_health_note') || {innerText: ''}).innerText.includes("
+                           "'Over-cooked')")
+    hot = state.last_training.result
+    assert hot.stopped == "overcooked" and hot.start_step == 8 and hot.health[-1].distorted
+    note = _text(page, "#train_health_note")
+    assert "training stopped (Stop when over-cooked)" in note, note
+    if hot.recommended_step is not None:
+        assert f"restored the recommended snapshot, step {hot.recommended_step}" in note
+    assert page.locator("#train_health tr.hn-cooked").count() >= 1
+    shot(page, "toy-13-training-over-cooked")
+    # the continued run's health.csv kept the first run's rows
+    with open(f"{hot.log_directory}/health.csv", newline="") as fh:
+        steps = [row["step"] for row in csv.DictReader(fh)]
+    assert steps[:4] == ["0", "4", "8", "8"] and steps[-1] == str(hot.step), steps
+
+
+def test_the_extra_networks_panel_under_the_prompt_toggles_a_cards_tag(page, fresh) -> None:
     _, state = fresh
     generator = state.model.generator
     Hypernetwork.create("panelnet", network_widths(generator.pipe, generator.info.text_widths), seed=4).save(
@@ -329,29 +415,35 @@ def test_seed_buttons_and_send_to_img2img_then_png_info_to_txt2img(page, fresh, 
 def test_settings_tab_sets_clip_skip_and_the_default_network(page, fresh) -> None:
     _, state = fresh
     open_tab(page, "Settings")
-    page.locator("#setting_CLIP_stop_at_last_layers input[type=number]").fill("2")
-    page.locator("#setting_CLIP_stop_at_last_layers input[type=number]").press("Enter")
-    page.click("#settings_submit")
-    page.wait_for_function("(document.querySelector('#settings_result') || {innerText: ''}).innerText.includes('applied')")
-    assert state.option("CLIP_stop_at_last_layers") == 2
-    shot(page, "toy-9-settings")
-    state.set_options({"CLIP_stop_at_last_layers": 1})
+    try:
+        page.locator("#setting_CLIP_stop_at_last_layers input[type=number]").fill("2")
+        page.locator("#setting_CLIP_stop_at_last_layers input[type=number]").press("Enter")
+        page.click("#settings_submit")
+        page.wait_for_function("(document.querySelector('#settings_result') || {innerText: ''}).innerText.includes('applied')")
+        assert state.option("CLIP_stop_at_last_layers") == 2
+        shot(page, "toy-9-settings")
+    finally:  # the server is shared with the other tests: they generate with CLIP skip 1
+        state.set_options({"CLIP_stop_at_last_layers": 1})
 
 
 def test_checkpoint_dropdown_switches_models_and_back_with_their_defaults(page, fresh) -> None:
     from hypernet.testing import save_single_file, tiny_pipeline
 
     _, state = fresh
+    toy = state.model.checkpoint
     save_single_file(tiny_pipeline("sd1"), state.config.models_dir / "tiny.safetensors", "sd1")
-    open_tab(page, "txt2img")
-    page.click("#checkpoint_refresh")
-    page.click("#setting_sd_model_checkpoint input")
-    page.locator("ul[role=listbox] li", has_text="tiny.safetensors").first.click()
-    page.wait_for_function("(document.querySelector('#txt2img_width input[type=number]') || {value: ''}).value === '512'")
-    assert state.model.checkpoint.name == "tiny.safetensors"
-    shot(page, "toy-10-checkpoint-switched")
-    page.click("#setting_sd_model_checkpoint input")
-    page.locator("ul[role=listbox] li", has_text="toy-sd1.safetensors").first.click()
-    page.wait_for_function("(document.querySelector('#txt2img_width input[type=number]') || {value: ''}).value === '64'")
-    assert state.model.checkpoint.name == "toy-sd1.safetensors"
-    shot(page, "toy-11-checkpoint-back-to-toy")
+    try:
+        open_tab(page, "txt2img")
+        page.click("#checkpoint_refresh")
+        page.click("#setting_sd_model_checkpoint input")
+        page.locator("ul[role=listbox] li", has_text="tiny.safetensors").first.click()
+        page.wait_for_function("(document.querySelector('#txt2img_width input[type=number]') || {value: ''}).value === '512'")
+        assert state.model.checkpoint.name == "tiny.safetensors"
+        shot(page, "toy-10-checkpoint-switched")
+        page.click("#setting_sd_model_checkpoint input")
+        page.locator("ul[role=listbox] li", has_text="toy-sd1.safetensors").first.click()
+        page.wait_for_function("(document.querySelector('#txt2img_width input[type=number]') || {value: ''}).value === '64'")
+        assert state.model.checkpoint.name == "toy-sd1.safetensors"
+        shot(page, "toy-11-checkpoint-back-to-toy")
+    finally:  # the other tests expect the toy model, whatever happened here
+        state.jobs.run("load-checkpoint", lambda job: state.switch_model(toy))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import typer
@@ -13,6 +14,7 @@ from hypernet.server.models import M
 from hypernet.prepare.options import PreprocessOptions
 from hypernet.server.hypernetworks import SERVER_ONLY_KEYS, TRAIN_KEYS
 from hypernet.settings import CreateSettings, Folders, GenerateSettings, PreprocessSettings, SettingsError, TrainSettings
+from hypernet.settings.serve import ServeSettings
 from hypernet.settings.server import ServerOptions
 from hypernet.settings.base import field_names
 from hypernet.settings.cli import is_argument
@@ -25,12 +27,12 @@ def _cli_params(command: str) -> dict[str, list[str]]:
     return {p.name: [*p.opts, *p.secondary_opts] for p in click_command.params}
 
 
-FAMILIES = [CreateSettings, GenerateSettings, TrainSettings, PreprocessSettings, ServerOptions, Folders]
+FAMILIES = [CreateSettings, GenerateSettings, TrainSettings, PreprocessSettings, ServerOptions, Folders, ServeSettings]
 
 
 @pytest.mark.parametrize(("model", "command"), [(CreateSettings, "create"), (GenerateSettings, "generate"),
                                                 (TrainSettings, "train"), (PreprocessSettings, "preprocess"),
-                                                (Folders, "generate"), (Folders, "serve")])
+                                                (Folders, "generate"), (ServeSettings, "serve")])
 def test_every_cli_field_is_an_option(model, command) -> None:
     params = _cli_params(command)
     options = {flag for flags in params.values() for flag in flags}
@@ -157,3 +159,34 @@ def test_readme_tables_are_what_the_models_say() -> None:
     for name in tables():
         assert f"<!-- settings:{name} -->" in readme, f"README has no {name} table"
     assert rewrite(readme) == readme, "README tables are stale: run `python -m hypernet.settings.docs README.md`"
+
+
+def test_folders_read_the_environment_when_made_not_at_import(tmp_path, monkeypatch, capsys) -> None:
+    """$HYPERNET_* set after hypernet was imported (a test, a server configured in-process) still counts: for
+    :class:`Folders` and for every command's folder options."""
+    from hypernet.cli import main
+    from hypernet.network import Hypernetwork
+
+    for variable, name in (("HYPERNET_HYPERNETWORK_DIR", "hypernetwork_dir"), ("HYPERNET_LORA_DIR", "lora_dir"),
+                           ("HYPERNET_EMBEDDINGS_DIR", "embeddings_dir")):
+        monkeypatch.setenv(variable, str(tmp_path / name))
+        assert getattr(Folders(), name) == str(tmp_path / name)
+    Hypernetwork.create("late", [32], seed=1).save(tmp_path / "hypernetwork_dir" / "late.pt")
+    main(["list"])
+    assert "late" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("args", "said"), [(["--port", "70000"], "port is 70000; expected a value from 0 to 65535."),
+                                            (["--precision", "fp8"], "precision is 'fp8'; expected one of"),
+                                            (["--max-request-mb", "0"], "max_request_mb is 0; expected a value from 1")])
+def test_serve_options_are_checked_by_their_model_before_anything_loads(args, said, capsys) -> None:
+    from hypernet.cli import main
+    from hypernet.server.state import ServerConfig
+
+    with pytest.raises(SystemExit) as exit:
+        main(["serve", *args])
+    assert exit.value.code == 2 and said in capsys.readouterr().err
+    config, defaults = ServerConfig(), ServeSettings()  # an in-process server starts from the same defaults
+    assert (config.host, config.port, config.precision, config.limits.max_request_bytes) == \
+        (defaults.host, defaults.port, defaults.precision, defaults.max_request_mb * 1024 * 1024)
+    assert config.models_dir == Path(defaults.models_dir).absolute()

@@ -23,7 +23,7 @@ from hypernet.toy.style import train_style, write_style_dataset
 from hypernet.toy.world import detect_shape, split_scenes, style_score
 from hypernet.train import TrainConfig, train_hypernetwork
 from hypernet.train.health import (ImageStats, SnapshotHealth, distortion, fidelity, judge, restore_snapshot,
-                                   validation_count)
+                                   validation_count, write_health_csv)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -129,6 +129,50 @@ def test_validation_loss_is_the_same_for_the_same_network(tmp_path: Path) -> Non
     result = train_hypernetwork(config, pipe=pipe, info=info)
     losses = [h.validation_loss for h in result.health]
     assert losses[0] is not None and max(losses) - min(losses) < 1e-6 * losses[0]  # fixed triples, no gradient
+
+
+def _csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_health_csv_of_a_continued_run_keeps_the_earlier_runs_rows(tmp_path: Path) -> None:
+    path = tmp_path / "health.csv"
+    first = [_h(0, 0.0), _h(10, 0.2), _h(20, 0.3), _h(30, 0.4)]
+    write_health_csv(path, first, judge(first))
+    assert [r["recommended"] for r in _csv_rows(path)] == ["", "", "", "yes"]
+    # continued from the step-20 snapshot (an interrupted attempt's step 30 is trained again): the earlier rows up
+    # to its start stay, its own follow, and its recommendation replaces the earlier one
+    second = [SnapshotHealth(20, None, None, None, None, 0.0, 1.0), _h(30, 0.1), _h(40, 0.2)]
+    write_health_csv(path, second, judge(second))
+    rows = _csv_rows(path)
+    assert [(r["step"], r["snapshot"]) for r in rows] == [("0", ""), ("10", "s-10.pt"), ("20", "s-20.pt"), ("20", ""),
+                                                          ("30", "s-30.pt"), ("40", "s-40.pt")]
+    assert [r["recommended"] for r in rows] == ["", "", "", "", "", "yes"] and rows[4]["style"] == "0.1"
+    # a continuation that over-cooks at once recommends nothing: the earlier recommendation stays marked
+    third = [SnapshotHealth(40, None, None, None, None, 0.0, 1.0), _h(50, 0.9, ["clipped colours 40% (start 1%)"])]
+    write_health_csv(path, third, judge(third))
+    rows = _csv_rows(path)
+    assert [r["step"] for r in rows] == ["0", "10", "20", "20", "30", "40", "40", "50"]
+    assert [r["step"] for r in rows if r["recommended"] == "yes"] == ["40"] and rows[-1]["distorted"]
+    # a new run from step 0 in the same folder does not take an unrelated start row as its own
+    fresh = [_h(0, 0.0), _h(10, 0.5)]
+    write_health_csv(path, fresh, judge(fresh))
+    assert [r["step"] for r in _csv_rows(path)] == ["0", "10"]
+
+
+@pytest.mark.slow
+def test_continuing_a_trained_network_appends_to_its_runs_health_csv(tmp_path: Path) -> None:
+    config, pipe, info = _config(tmp_path, health_probes=1, create_image_every=0)
+    first = train_hypernetwork(config, pipe=pipe, info=info)
+    second = train_hypernetwork(config.model_copy(update={"steps": 8}), pipe=pipe, info=info)
+    assert first.log_directory == second.log_directory and second.start_step == 4
+    rows = _csv_rows(Path(second.log_directory) / "health.csv")
+    assert [(r["step"], bool(r["snapshot"])) for r in rows] == [("0", False), ("2", True), ("4", True), ("4", False),
+                                                                ("6", True), ("8", True)]
+    assert sum(r["recommended"] == "yes" for r in rows) <= 1
+    if second.recommended_step is not None:
+        assert next(r for r in rows if r["recommended"] == "yes")["step"] == str(second.recommended_step)
 
 
 def test_bad_health_settings_are_sentences(tmp_path: Path) -> None:

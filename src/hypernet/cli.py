@@ -61,7 +61,7 @@ def _root(
     """Options shared by every command (``--debug`` is read by ``main``)."""
 
 
-def _create(settings: CreateSettings, dir: Path = DEFAULT_HN_DIR, format: str = "pt") -> None:
+def _create(settings: CreateSettings, dir: Path, format: str) -> None:
     """Create a new hypernetwork file, like A1111's "Create hypernetwork" form."""
     from hypernet.network import Hypernetwork  # torch: loaded only by the commands that need it
 
@@ -104,7 +104,7 @@ app.command("create")(settings_cli.command(
     extra=[settings_cli.option("sizes", Optional[str], None, "--sizes",
                                help=CreateSettings.model_fields["enable_sizes"].description or ""),
            settings_cli.option("dir", Path, DEFAULT_HN_DIR, *Folders.surface("hypernetwork_dir").flags("dir"),
-                               help=Folders.model_fields["hypernetwork_dir"].description or ""),
+                               help=Folders.model_fields["hypernetwork_dir"].description or "", show_default=False),
            settings_cli.option("format", str, "pt", "--format", help="pt (A1111) or safetensors."),
            settings_cli.option("model", Optional[str], None, "--model",
                                help="Without --sizes, give the network this checkpoint's widths (default: hypernet's "

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from diffusers import DiffusionPipeline
 from torch import nn
 
 from hypernet.errors import HypernetError
-from hypernet.prompt.tags import lora_selections, parse_prompts
+from hypernet.prompt.tags import LoraSelection, lora_selections, parse_prompts
 from hypernet.network.lora import (
     FORBIDDEN_ALIASES,
     LoraFile,
@@ -61,13 +61,11 @@ _DIFFUSERS_PARTS = (
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """One LoRA to apply: the file and A1111's multipliers (``te`` for text encoders, ``unet``) and ``dyn``."""
+    """One LoRA to apply: the file, and the tag that chose it (the name as the prompt wrote it, stem or alias, which
+    the infotext records, and A1111's multipliers: ``te`` for text encoders, ``unet``, ``dyn``)."""
 
     file: LoraFile
-    te: float = 1.0
-    unet: float = 1.0
-    dyn: int | None = None
-    mentioned: str = ""  # the name as the prompt wrote it (stem or alias), which the infotext records
+    tag: LoraSelection
 
 
 @dataclass(frozen=True)
@@ -330,7 +328,7 @@ class LoraMerger:
     def apply(self, networks: Sequence[tuple[LoraNetwork, LoraSpec]]) -> MergeReport:
         """Make the weights those of the model plus ``networks`` (in order); nothing to do when they already are,
         and only a pointer swap when the same set was merged before and the weights have not changed since."""
-        key = tuple((str(net.path), net.mtime, spec.te, spec.unet, spec.dyn) for net, spec in networks)
+        key = tuple((str(net.path), net.mtime, spec.tag.te, spec.tag.unet, spec.tag.dyn) for net, spec in networks)
         if key == self._key and self._applied:
             return replace(self._report, seconds=0.0)
         self.restore()
@@ -391,7 +389,7 @@ class LoraMerger:
         for net, spec in networks:
             changed = 0
             for _layer, target, parts in net.targets(self.table):
-                multiplier = spec.te if target.text else spec.unet
+                multiplier = spec.tag.te if target.text else spec.tag.unet
                 if multiplier == 0:  # adds exactly nothing; A1111 adds zeros
                     continue
                 module = target.module
@@ -399,7 +397,7 @@ class LoraMerger:
                 weight = entry[1] if entry else module.weight.detach().float()
                 bias = entry[2] if entry else None
                 try:
-                    delta, bias_delta = module_delta(parts, weight, multiplier, spec.dyn)
+                    delta, bias_delta = module_delta(parts, weight, multiplier, spec.tag.dyn)
                 except ValueError:
                     report.errors[net.name] = report.errors.get(net.name, 0) + 1
                     continue
@@ -466,14 +464,10 @@ class LoraLibrary:
 
 
 # =============================================================================================== one generation
-@dataclass(frozen=True)
-class AppliedLora:
-    """A LoRA that acted on a generation: the name as written, its multipliers, file, short hash and layers."""
+@dataclass(frozen=True, kw_only=True)
+class AppliedLora(LoraSelection):
+    """A LoRA that acted on a generation: its tag (the name as written, its multipliers), file, short hash and layers."""
 
-    name: str
-    te: float
-    unet: float
-    dyn: int | None
     path: str
     short_hash: str
     layers: int
@@ -483,8 +477,7 @@ def activate_loras(library: LoraLibrary, merger: LoraMerger, prompts: Sequence[s
     """Merge the LoRAs the batch's first prompt names (A1111: only the first prompt counts), or restore the
     plain weights when it names none. Unknown names are errors naming the closest names; returns what was applied
     and warnings (layers that did not fit, networks that change nothing, diffusers-layout files)."""
-    specs = [LoraSpec(library.resolve(sel.name), sel.te, sel.unet, sel.dyn, sel.name)
-             for sel in lora_selections(parse_prompts(list(prompts))[1])]
+    specs = [LoraSpec(library.resolve(tag.name), tag) for tag in lora_selections(parse_prompts(list(prompts))[1])]
     networks = [(library.network(spec.file), spec) for spec in specs]
     library.keep_only([spec.file for spec in specs])
     report = merger.apply(networks)
@@ -492,15 +485,15 @@ def activate_loras(library: LoraLibrary, merger: LoraMerger, prompts: Sequence[s
     applied: list[AppliedLora] = []
     for net, spec in networks:
         if net.diffusers_layout:
-            warnings.append(f"LoRA {spec.mentioned!r} is a diffusers/PEFT-layout file; A1111 v1.10 loads such files "
+            warnings.append(f"LoRA {spec.tag.name!r} is a diffusers/PEFT-layout file; A1111 v1.10 loads such files "
                             "with no effect, hypernet applies them, so images differ from A1111's.")
         if report.errors.get(net.name):
-            warnings.append(f"LoRA {spec.mentioned!r}: {report.errors[net.name]} layers do not fit this model and "
+            warnings.append(f"LoRA {spec.tag.name!r}: {report.errors[net.name]} layers do not fit this model and "
                             "were skipped; it was probably made for another model family.")
-        if not report.layers.get(net.name) and (spec.te or spec.unet):
-            warnings.append(f"LoRA {spec.mentioned!r} matches no layer of this model: it has no effect.")
-        applied.append(AppliedLora(spec.mentioned, spec.te, spec.unet, spec.dyn, str(net.path),
-                                   library.short_hash(spec.file), report.layers.get(net.name, 0)))
+        if not report.layers.get(net.name) and (spec.tag.te or spec.tag.unet):
+            warnings.append(f"LoRA {spec.tag.name!r} matches no layer of this model: it has no effect.")
+        applied.append(AppliedLora(**asdict(spec.tag), path=str(net.path), short_hash=library.short_hash(spec.file),
+                                   layers=report.layers.get(net.name, 0)))
     return applied, warnings
 
 

@@ -15,9 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, hypernetwork_dir, lora_dir
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, lora_dir
 from hypernet.errors import HypernetError
 from hypernet.settings.cli import console as terminal
+from hypernet.settings.cli import field_default, field_option
+from hypernet.settings.folders import Folders
 
 if TYPE_CHECKING:
     from hypernet.engine.generate import Generator
@@ -25,9 +27,9 @@ if TYPE_CHECKING:
     from hypernet.export.fit import FitOptions
 
 CHECKPOINT_DIR = Path("models/Stable-diffusion")
-_HN_DIR = hypernetwork_dir()
 
-HnDir = Annotated[Path, typer.Option("--dir", "--hypernetwork-dir", help="Hypernetwork folder (A1111: models/hypernetworks).")]
+HnDir = Annotated[Path, field_option(Folders, "hypernetwork_dir")]
+HN_DIR = field_default(Folders, "hypernetwork_dir", Path)  # read when the command runs
 Check = Annotated[int, typer.Option("--check", help="Prompts to generate with the network and with the export to "
                                     "measure the image difference (0: skip).")]
 Prompts = Annotated[Optional[Path], typer.Option("--prompts", help="Prompts (one a line) for fitting non-linear "
@@ -116,7 +118,7 @@ def export_lora(
     check: Check = 2,
     prompts: Prompts = None,
     size: Size = None,
-    dir: HnDir = _HN_DIR,
+    dir: HnDir = HN_DIR,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output .safetensors (default: NAME.safetensors in the LoRA folder: $HYPERNET_LORA_DIR or models/Lora).")] = None,
     as_json: AsJson = False,
 ) -> None:
@@ -148,7 +150,7 @@ def bake(
     check: Check = 2,
     prompts: Prompts = None,
     size: Size = None,
-    dir: HnDir = _HN_DIR,
+    dir: HnDir = HN_DIR,
     out: Annotated[Optional[Path], typer.Option("-o", "--out", help="Output .safetensors (default: "
                                                 "models/Stable-diffusion/CKPT+NAME.safetensors).")] = None,
     as_json: AsJson = False,

@@ -12,7 +12,8 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE, hypernetwork_dir
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE, TOY_SIZE
+from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.errors import HypernetError
 from hypernet.fileio import next_number
 from hypernet.settings import GenerateSettings
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from hypernet.engine.generate import Generator
     from hypernet.grid.plot import PlotResult
 
-DEFAULT_HN_DIR = hypernetwork_dir()
 AXIS_HELP = ('"LABEL: VALUES", e.g. "Hypernetwork: style-100, style-200", "Hypernet str.: 0.5, 1", "Seed: 1, 2", '
              '"Steps: 10-30 (+10)", "CFG Scale: 5, 7", "Sampler: Euler a, DPM++ 2M", "Schedule type: Karras", '
              '"Prompt S/R: cat, dog", "Checkpoint name: a.safetensors, b.safetensors", "Size: 512x512"')
@@ -45,7 +45,8 @@ def grid(
     model: Annotated[Optional[str], typer.Option(help="Checkpoint; default: hypernet's embedded toy model.")] = None,
     hypernetwork_dir: Annotated[Optional[Path], typer.Option(
         help="Where network names are looked up (e.g. a run's hypernetworks/ folder of snapshots); files named on "
-             f"a Hypernetwork axis bring their own folder. Default {DEFAULT_HN_DIR}.")] = None,
+             "a Hypernetwork axis bring their own folder. Default $HYPERNET_HYPERNETWORK_DIR, else "
+             "models/hypernetworks.")] = None,
     negative: Annotated[str, field_option(GenerateSettings, "negative_prompt")] = field_default(GenerateSettings, "negative_prompt"),
     sampler: Annotated[str, field_option(GenerateSettings, "sampler_name")] = field_default(GenerateSettings, "sampler_name"),
     scheduler: Annotated[str, field_option(GenerateSettings, "scheduler")] = field_default(GenerateSettings, "scheduler"),
@@ -94,7 +95,7 @@ def grid(
     def load(checkpoint: str) -> Generator:
         with console.status(escape(f"loading {checkpoint}")):
             pipe, info = open_model(checkpoint, precision=precision)
-        return Generator(pipe, info, folder or DEFAULT_HN_DIR)
+        return Generator(pipe, info, folder or default_hypernetwork_dir())
 
     generator = load(model)
     loaded: dict[str | None, Generator] = {None: generator}

@@ -114,7 +114,8 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
         generator = state.model.generator
         losses: list[tuple[int, float]] = []
         live: dict[str, Any] = {"name": config.name, "phase": "preparing", "step": 0, "final_step": config.steps,
-                                "start_step": 0, "loss": None, "loss_avg": None, "learn_rate": None, "message": ""}
+                                "start_step": 0, "loss": None, "loss_avg": None, "learn_rate": None, "message": "",
+                                "health": [], "health_verdict": ""}
         job.extra.update(training=live, losses=losses)
         job.textinfo = f"Initializing hypernetwork training of {config.name}..."
         shown_preview: list[str | None] = [None]
@@ -124,7 +125,9 @@ def training_job(state: ServerState, config: Any) -> Callable[[Job], Any]:
                         loss_avg=p.loss_avg, learn_rate=p.learn_rate, message=p.message, last_saved=p.last_saved,
                         last_preview=p.last_preview, eta_s=p.eta_s, it_per_s=p.it_per_s,
                         recommended_step=p.recommended_step, overcooked=p.overcooked,
-                        validation_loss=p.validation_loss)
+                        validation_loss=p.validation_loss, health_verdict=p.health_verdict)
+            if len(p.health) != len(live["health"]):  # a new measurement (rows are only ever added)
+                live["health"] = [h.row() for h in p.health]
             if p.loss is not None and (not losses or losses[-1][0] != p.step):
                 losses.append((p.step, p.loss))
             job.job_no, job.job_count = p.step, max(p.final_step, 1)

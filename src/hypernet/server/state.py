@@ -11,19 +11,20 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from hypernet.defaults import A1111_EMBEDDINGS_DIR, A1111_HYPERNETWORK_DIR, A1111_LORA_DIR, TOY_CHECKPOINT, TOY_NOTE
+from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE
 from hypernet.engine.generate import Generator
 from hypernet.engine.loading import open_model
 from hypernet.errors import HypernetError
 from hypernet.prompt.tags import resolve_hypernetwork
 from hypernet.server.jobs import JobQueue
 from hypernet.settings import SettingsError
+from hypernet.settings.serve import ServeSettings
 from hypernet.settings.server import ServerOptions, plain_json
 from hypernet.settings.train import TrainSettings
 
@@ -50,11 +51,17 @@ class TrainingRecord:
     preview_png: bytes | None = None  # the last preview, kept once the job is gone
 
 
+def _serve_default(name: str, kind: Callable[[Any], Any] = lambda value: value) -> Any:
+    """``hypernet serve``'s default for ``name`` (ServeSettings defines it once), for a server made in-process;
+    read when the config is made, so the folders follow ``$HYPERNET_*`` as the command line does."""
+    return field(default_factory=lambda: kind(ServeSettings.model_fields[name].get_default(call_default_factory=True)))
+
+
 @dataclass(frozen=True)
 class Limits:
     """Bounds on one request, so that a single call cannot exhaust memory or hold the model for hours."""
 
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int = ServeSettings.model_fields["max_request_mb"].default * 1024 * 1024
     max_pixels: int = 2048 * 2048
     max_steps: int = 500
     max_batch_size: int = 16
@@ -67,23 +74,23 @@ class ServerConfig:
     """Command-line choices. Every folder a request may name (data, logs) must lie inside one of these."""
 
     ckpt: Path | None = None
-    models_dir: Path = Path("models/Stable-diffusion")
-    hypernetwork_dir: Path = A1111_HYPERNETWORK_DIR
-    esrgan_dir: Path = Path("models/ESRGAN")
-    lora_dir: Path = A1111_LORA_DIR
-    embeddings_dir: Path = A1111_EMBEDDINGS_DIR
-    data_dir: Path = Path("training_data")
-    log_dir: Path = Path("textual_inversion")
-    outputs_dir: Path = Path("outputs")
-    host: str = "127.0.0.1"
-    port: int = 7860
+    models_dir: Path = _serve_default("models_dir", Path)
+    hypernetwork_dir: Path = _serve_default("hypernetwork_dir", Path)
+    esrgan_dir: Path = _serve_default("esrgan_dir", Path)
+    lora_dir: Path = _serve_default("lora_dir", Path)
+    embeddings_dir: Path = _serve_default("embeddings_dir", Path)
+    data_dir: Path = _serve_default("data_dir", Path)
+    log_dir: Path = _serve_default("log_dir", Path)
+    outputs_dir: Path = _serve_default("outputs_dir", Path)
+    host: str = _serve_default("host")
+    port: int = _serve_default("port")
     api_auth: tuple[tuple[str, str], ...] = ()
     ui: bool = True
     limits: Limits = field(default_factory=Limits)
     device: str | None = None  # None: CUDA when available, else the CPU
-    precision: str = "fp32"  # model weights: fp32, fp16 or bf16 (hypernetworks stay fp32)
-    medvram: bool = False
-    lowvram: bool = False
+    precision: str = _serve_default("precision")  # model weights (hypernetworks stay fp32)
+    medvram: bool = _serve_default("medvram")
+    lowvram: bool = _serve_default("lowvram")
 
     def __post_init__(self) -> None:
         # absolute, so that answers (A1111 lists full paths) and confinement do not depend on a later chdir

@@ -43,6 +43,7 @@ from hypernet.server.models import M  # noqa: E402
 from hypernet.server.security import encode_png_b64  # noqa: E402
 from hypernet.server.state import ServerState  # noqa: E402
 from hypernet.server.ui_grid import XYZControls  # noqa: E402
+from hypernet.server.ui_health import health_note, health_table  # noqa: E402
 from hypernet.server.ui_networks import embedding_cards, lora_cards, network_tabs  # noqa: E402
 from hypernet.settings import CreateSettings, GenerateSettings as G, PreprocessSettings  # noqa: E402
 from hypernet.settings.train import TrainSettings  # noqa: E402
@@ -667,6 +668,19 @@ class TrainingTabs:
                 train["tag_drop_out"] = component(T, "tag_drop_out", value=defaults.tag_drop_out, step=0.1, elem_id="train_dropout")
                 train["latent_sampling_method"] = component(T, "latent_sampling_method", value=defaults.latent_sampling_method, elem_id="train_sampling")
                 train["use_weight"] = component(T, "use_weight", value=defaults.use_weight, elem_id="train_use_weight")
+            with gr.Accordion("Training health", open=False, elem_id="train_health_settings"):
+                gr.Markdown("With snapshots on, every snapshot is measured: probe images against the start "
+                            "(style effect, content fidelity, saturation, high-frequency energy, clipped colours) "
+                            "and a validation loss on held-out images. The table below the chart shows them and marks "
+                            "the snapshot to keep.", elem_classes="hn-note")
+                with gr.Row():
+                    train["validation_split"] = component(T, "validation_split", value=defaults.validation_split,
+                                                          elem_id="train_validation_split")
+                    train["health_probes"] = component(T, "health_probes", value=defaults.health_probes, maximum=16,
+                                                       elem_id="train_health_probes")
+                    train["stop_when_overcooked"] = component(T, "stop_when_overcooked",
+                                                              value=defaults.stop_when_overcooked,
+                                                              elem_id="train_stop_overcooked")
             from_txt2img = component(T, "preview_from_txt2img", value=defaults.preview_from_txt2img, elem_id="train_from_txt2img")
             with gr.Row():
                 train_button = gr.Button("Train Hypernetwork", variant="primary", elem_id="train_button")
@@ -677,7 +691,10 @@ class TrainingTabs:
                 chart = gr.LinePlot(x="step", y="loss", color="series", title="Loss", elem_id="train_loss", height=260)
                 preview = gr.Image(label="Latest preview", type="pil", elem_id="train_preview", height=260,
                                    interactive=False)
-            seen = gr.State((0, None, "", None))  # (losses shown, preview shown, status shown, superseded run)
+            health_warning = gr.Markdown(elem_id="train_health_note")
+            health = gr.HTML(elem_id="train_health")
+            # (losses shown, preview shown, status shown, superseded run, health shown)
+            seen = gr.State((0, None, "", None, None))
             timer = gr.Timer(1.0)
 
         def on_preprocess(src: str, dst: str, *values: Any) -> str:
@@ -695,7 +712,7 @@ class TrainingTabs:
         preview_keys = ("preview_prompt", "preview_negative_prompt", "preview_sampler_name", "preview_steps",
                         "preview_cfg_scale", "preview_seed", "preview_width", "preview_height")
 
-        def on_train(name: str, use_txt2img: bool, *values: Any) -> tuple[str, str, Any]:
+        def on_train(name: str, use_txt2img: bool, *values: Any) -> tuple[str, str, str, str, Any]:
             body: dict[str, Any] = {"hypernetwork_name": name or "", "preview_from_txt2img": use_txt2img}
             body |= dict(zip(train, values))  # field name -> value; TrainSettings checks and converts them
             if use_txt2img:  # A1111's "Read parameters from txt2img": the txt2img tab's inputs
@@ -707,20 +724,20 @@ class TrainingTabs:
             previous = id(state.last_training) if state.last_training is not None else None
             state.jobs.submit("train-hypernetwork", training_job(state, config))
             # the status shows this run from now on, not the previous run's last message
-            return f"Training {config.name} queued...", "", (0, None, "", previous)
+            return f"Training {config.name} queued...", "", "", "", (0, None, "", previous, None)
 
         txt_inputs = [txt2img[k] for k in ("prompt", "negative_prompt", "sampler_name", "steps", "cfg_scale", "seed",
                                            "width", "height")]
         train_button.click(on_train, [self.hypernetwork, from_txt2img, *train.values(), *txt_inputs],
-                           [status, progress, seen])
+                           [status, progress, health_warning, health, seen])
         interrupt.click(state.jobs.interrupt, None, None, queue=False)
         self.refresh = lambda: gr.update(choices=list(state.model.generator.available()))
         train_refresh.click(self.refresh, None, self.hypernetwork)
 
-        def on_tick(shown: tuple[int, Any, str, Any]) -> tuple[Any, Any, Any, Any, tuple[int, Any, str, Any]]:
+        def on_tick(shown: tuple[int, Any, str, Any, Any]) -> tuple[Any, ...]:
             record = state.last_training
             if record is None or id(record) == shown[3]:  # nothing yet, or the run a queued one replaces
-                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), shown
+                return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), shown
             live, losses, result = record.live, record.losses, record.result
             if result is not None:
                 text = result.message
@@ -745,7 +762,17 @@ class TrainingTabs:
             status_value = text if text != shown[2] else gr.skip()
             bar = (_progress_html(live["step"], live.get("start_step", 0), live["final_step"], live.get("eta_s"),
                                   live.get("it_per_s")) if live.get("final_step") else "")
-            return chart_value, preview_value, status_value, bar, (count, png_id, text, None)
+            stopped = result.stopped if result is not None else "error" if record.error else None
+            rows = live.get("health") or []
+            health_key = (id(record), len(rows), live.get("recommended_step"), live.get("overcooked"),
+                          live.get("health_verdict"), stopped)
+            note_value = table_value = gr.skip()
+            if health_key != shown[4]:  # only when a measurement, the verdict or the run's end changed it
+                note_value = health_note(live, stopped)
+                table_value = health_table(rows, live.get("recommended_step"))
+            return (chart_value, preview_value, status_value, bar, note_value, table_value,
+                    (count, png_id, text, None, health_key))
 
-        timer.tick(on_tick, seen, [chart, preview, status, progress, seen], show_progress="hidden")
+        timer.tick(on_tick, seen, [chart, preview, status, progress, health_warning, health, seen],
+                   show_progress="hidden")
 

@@ -115,15 +115,23 @@ def model_parameters(model: type[SettingsModel], *, optional: Sequence[str] = ()
 
 def field_option(model: type[SettingsModel], name: str) -> Any:
     """The typer option of one field, for a command written by hand: ``Annotated[Path, field_option(Folders,
-    "lora_dir")] = field_default(Folders, "lora_dir")`` (flags and help from the field)."""
+    "lora_dir")] = field_default(Folders, "lora_dir")`` (flags and help from the field; a default read from the
+    environment is not shown as a value: the help names the variable)."""
     info = model.model_fields[name]
-    return typer.Option(*surface_of(info).flags(name), help=help_text(info))
+    return typer.Option(*surface_of(info).flags(name), help=help_text(info),
+                        show_default=info.default_factory is None)
 
 
 def field_default(model: type[SettingsModel], name: str, kind: Callable[[Any], Any] | None = None) -> Any:
-    """The field's default, converted with ``kind`` (e.g. ``Path``) when given."""
-    default = model.model_fields[name].get_default(call_default_factory=True)
-    return default if kind is None else kind(default)
+    """The field's default, converted with ``kind`` (e.g. ``Path``) when given. A default the model makes when it is
+    built (e.g. from ``$HYPERNET_LORA_DIR``) stays a function, which click calls when the command runs, not when
+    the command is defined."""
+    info = model.model_fields[name]
+    convert = kind or (lambda value: value)
+    factory = info.default_factory
+    if factory is not None:
+        return lambda: convert(factory())  # type: ignore[call-arg]
+    return convert(info.default)
 
 
 def option(name: str, kind: Any, default: Any, *flags: str, help: str, **extra: Any) -> inspect.Parameter:

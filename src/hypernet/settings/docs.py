@@ -20,6 +20,7 @@ from hypernet.settings.create import CreateSettings
 from hypernet.settings.folders import Folders
 from hypernet.settings.generate import GenerateSettings
 from hypernet.settings.preprocess import PreprocessSettings
+from hypernet.settings.serve import ServeSettings
 from hypernet.settings.train import TrainSettings
 
 
@@ -32,10 +33,14 @@ def _default(model: type[BaseModel], name: str) -> str:
     return f"`{getattr(default, 'value', default)}`"
 
 
-def settings_table(model: type[BaseModel]) -> str:
-    """One row per field: the API name (A1111's), the command-line flag, the default, the valid values, the help."""
+def settings_table(model: type[BaseModel], *, own_fields_only: bool = False) -> str:
+    """One row per field: the API name (A1111's), the command-line flag, the default, the valid values, the help.
+    ``own_fields_only`` leaves out the fields of the model's base (e.g. the folders, which have their own table)."""
     rows = ["| API (A1111) name | command line | default | valid values | meaning |", "|---|---|---|---|---|"]
+    inherited = {name for base in model.__mro__[1:] for name in getattr(base, "model_fields", {})}
     for name, info in model.model_fields.items():
+        if own_fields_only and name in inherited:
+            continue
         on = surface_of(info)
         flags = on.flags(name)
         cli = ("`" + flags[0].split("/")[0] + "`") if flags and not is_argument(flags) else (flags[0] if flags else "")
@@ -81,6 +86,7 @@ def tables() -> dict[str, Callable[[], str]]:
         "train": lambda: settings_table(TrainSettings),
         "preprocess": lambda: settings_table(PreprocessSettings),
         "folders": lambda: settings_table(Folders),
+        "serve": lambda: settings_table(ServeSettings, own_fields_only=True),
     }
 
 

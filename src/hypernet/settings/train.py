@@ -207,17 +207,14 @@ class TrainSettings(SettingsModel):
     validation_split: Annotated[int, Field(ge=-1, le=100000, description="Images held out of training for the "
                                            "validation loss measured at every snapshot (0: none; -1: a few when "
                                            "the dataset has 20 or more)."),
-                                On(ui=None, expect="-1 (automatic), 0 or a positive whole number",
-                                   why="training health's defaults suit a first network; the UI leaves them")] = -1
+                                On(ui="Validation images held out",
+                                   expect="-1 (automatic), 0 or a positive whole number")] = -1
     health_probes: Annotated[int, Field(ge=0, le=64, description="Probe images generated at every snapshot to "
                                         "judge style and over-cooking (0: none)."),
-                             On(ui=None, why="training health's defaults suit a first network; the UI leaves "
-                                "them")] = 4
+                             On(ui="Health probe images")] = 4
     stop_when_overcooked: Annotated[bool, Field(description="Stop when a snapshot over-cooks, and keep the "
                                                 "recommended snapshot as the final network."),
-                                    On(cli=("--stop-when-overcooked",), ui=None,
-                                       why="training health's defaults suit a first network; the UI leaves "
-                                       "them")] = False
+                                    On(cli=("--stop-when-overcooked",), ui="Stop when over-cooked")] = False
 
     @field_validator("learn_rate", "clip_grad_value", mode="before")
     @classmethod

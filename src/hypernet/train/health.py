@@ -272,14 +272,44 @@ def judge(history: Sequence[SnapshotHealth]) -> Verdict:
 
 
 def write_health_csv(path: Path, history: Sequence[SnapshotHealth], verdict: Verdict) -> Path:
-    """``health.csv``: one row per measurement, the recommended snapshot marked."""
-    buffer = io.StringIO()
+    """``health.csv``: one row per measurement, the recommended snapshot marked. A run that continues a network in
+    a folder with an earlier run's ``health.csv`` keeps that run's rows up to its start (the snapshots it trained
+    from) and appends its own; the earlier recommendation stays marked only while this run has none."""
     rows = [h.row() | {"recommended": "yes" if h.step == verdict.best_step and h.path else ""} for h in history]
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["step"])
+    fields = list(rows[0]) if rows else list(SnapshotHealth(0, None, None, None, None).row()) + ["recommended"]
+    start = history[0].step if history else None
+    earlier = [{k: row.get(k) or "" for k in fields} for row in _earlier_rows(path, start)]
+    if verdict.best is not None:
+        for row in earlier:
+            row["recommended"] = ""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(earlier + rows)
     atomic_write_bytes(path, buffer.getvalue().encode())
     return path
+
+
+def _earlier_rows(path: Path, start: int | None) -> list[dict[str, str]]:
+    """The rows of an earlier run's ``health.csv`` that this run, starting at step ``start``, does not measure
+    again: those before its start, and the snapshot it starts from (not an unrelated run's start row at the same
+    step, nor an interrupted attempt's rows after it, which this run writes anew). Unreadable rows are left out."""
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            found = list(csv.DictReader(fh))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []  # not a health.csv this code can read: this run's rows replace it
+    kept = []
+    for row in found:
+        try:
+            step = int(row.get("step") or "")
+        except ValueError:
+            continue
+        if start is None or step < start or (step == start and row.get("snapshot")):
+            kept.append(row)
+    return kept
 
 
 def _fmt(value: float | None) -> str:

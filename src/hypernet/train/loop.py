@@ -76,6 +76,8 @@ class TrainProgress:
     recommended_step: int | None = None  # training health: the snapshot to keep so far
     overcooked: bool = False  # a snapshot after it has over-cooked
     validation_loss: float | None = None  # at the latest snapshot
+    health: list[SnapshotHealth] = field(default_factory=list)  # every measurement so far, the start first
+    health_verdict: str = ""  # the recommendation and any over-cooking as a sentence, once there is one
 
 
 @dataclass
@@ -639,7 +641,9 @@ def report(run: Run, history: History, progress: ProgressCallback | None, phase:
                       loss_scale=run.scaler.get_scale() if run.scaler.is_enabled() else None,
                       recommended_step=verdict.best_step if verdict else None,
                       overcooked=bool(verdict and verdict.overcooked),
-                      validation_loss=run.health.history[-1].validation_loss if run.health and run.health.history else None)
+                      validation_loss=run.health.history[-1].validation_loss if run.health and run.health.history else None,
+                      health=list(run.health.history) if run.health else [],
+                      health_verdict=verdict.sentence() if verdict and (verdict.best or verdict.overcooked) else "")
     (t0, s0), (t1, s1) = history.times[0], history.times[-1]
     if s1 > s0:
         p.it_per_s = (s1 - s0) / max(t1 - t0, 1e-9)
