@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Any
 
+import torch
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -262,8 +263,6 @@ def _ram() -> dict[str, Any]:
 
 
 def _cuda() -> dict[str, Any]:
-    import torch
-
     if not torch.cuda.is_available():
         return {"error": "unavailable"}
     free, total = torch.cuda.mem_get_info()

@@ -17,6 +17,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import torch
+
 from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE
 from hypernet.engine.generate import Generator
 from hypernet.engine.loading import open_model
@@ -179,8 +181,6 @@ class ServerState:
     # ------------------------------------------------------------------ unload / reload (A1111's endpoints)
     @property
     def device(self) -> str:
-        import torch
-
         return self.config.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
     def unload(self) -> None:
@@ -294,8 +294,6 @@ class ServerState:
 
 
 def _empty_cuda_cache() -> None:
-    import torch
-
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -18,6 +18,7 @@ from typing import Any
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never phone home from a local server
 
 import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402  # gradio's own dependency: the loss chart's frame
 from fastapi import FastAPI  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
@@ -751,8 +752,6 @@ class TrainingTabs:
             count = len(losses)
             chart_value = gr.skip()
             if count != shown[0]:
-                import pandas as pd
-
                 steps_, values = [s for s, _ in losses[:count]], [v for _, v in losses[:count]]
                 window, mean = moving_average(values)
                 chart_value = pd.DataFrame({"step": steps_ * 2, "loss": values + mean,
