@@ -171,6 +171,7 @@ def test_folders_read_the_environment_when_made_not_at_import(tmp_path, monkeypa
                            ("HYPERNET_EMBEDDINGS_DIR", "embeddings_dir")):
         monkeypatch.setenv(variable, str(tmp_path / name))
         assert getattr(Folders(), name) == str(tmp_path / name)
+    assert TrainSettings(data_root="d", log_directory="l").hypernetwork_dir == str(tmp_path / "hypernetwork_dir")
     Hypernetwork.create("late", [32], seed=1).save(tmp_path / "hypernetwork_dir" / "late.pt")
     main(["list"])
     assert "late" in capsys.readouterr().out

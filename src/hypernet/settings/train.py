@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hypernet.defaults import A1111_HYPERNETWORK_DIR, TRAIN_PRECISIONS
+from hypernet.defaults import TRAIN_PRECISIONS, hypernetwork_dir
 from hypernet.settings import limits as L
 from hypernet.settings.base import On, SettingsModel
 from hypernet.settings.folders import SERVER_DECIDES, HypernetworkDir
@@ -179,7 +179,7 @@ class TrainSettings(SettingsModel):
                      On(ui=None, api=False, why=SERVER_DECIDES)] = None
     vae: Annotated[str | None, Field(max_length=4096, description="Separate VAE file."),
                    On(ui=None, api=False, why=SERVER_DECIDES)] = None
-    hypernetwork_dir: HypernetworkDir = str(A1111_HYPERNETWORK_DIR)
+    hypernetwork_dir: HypernetworkDir = Field(default_factory=lambda: str(hypernetwork_dir()))  # as Folders'
     templates_dir: Annotated[str | None, Field(max_length=4096, description="More template files (looked up by "
                                                "file name)."),
                              On(ui=None, api=False, why=SERVER_DECIDES)] = None

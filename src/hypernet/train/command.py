@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from hypernet.defaults import TOY_CHECKPOINT, TOY_NOTE
-from hypernet.defaults import hypernetwork_dir as default_hypernetwork_dir
 from hypernet.settings import cli as settings_cli
 from hypernet.settings.train import TrainSettings
 from hypernet.train.config import WARNING, TrainConfig
@@ -35,7 +34,6 @@ def _flags(values: dict[str, Any], extras: dict[str, Any]) -> None:
         values["training_tensorboard_save_images"] = True
     if extras.pop("keep_models_on_gpu"):
         values["unload_models_when_training"] = False
-    values.setdefault("hypernetwork_dir", str(default_hypernetwork_dir()))
     if any(key in values for key in PREVIEW_FIELDS if key != "preview_seed"):
         values["preview_from_txt2img"] = True
 
