@@ -74,6 +74,8 @@ def run(pipe, info, root: Path, rate: float, steps: int, every: int, args: argpa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hot", type=float, default=10.0, help="the over-cooking run's rate, times the demo's")
+    parser.add_argument("--hot-steps", type=int, default=30, help="the over-cooking run's steps")
+    parser.add_argument("--hot-every", type=int, default=2, help="the over-cooking run's snapshot interval")
     parser.add_argument("--scenes", type=int, default=12, help="held-out scenes scored per snapshot")
     parser.add_argument("--min-shape", type=float, default=0.75, help="share of shapes read for a 'best' snapshot")
     parser.add_argument("--sample-steps", type=int, default=20)
@@ -83,7 +85,8 @@ def main() -> None:
     pipe, info = load_pipeline(TOY_CHECKPOINT)
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, rate, steps, every in (("hot", DEMO_RATE * args.hot, 30, 2), ("demo", DEMO_RATE, 300, 25)):
+        for label, rate, steps, every in (("hot", DEMO_RATE * args.hot, args.hot_steps, args.hot_every),
+                                          ("demo", DEMO_RATE, 300, 25)):
             if args.only in (None, label):
                 runs[label] = run(pipe, info, Path(tmp) / label, rate, steps, every, args)
     hot, demo = runs.get("hot"), runs.get("demo")
