@@ -21,7 +21,7 @@ from hypernet.server.testing import write_training_images
 from hypernet.testing import TEXT_WIDTHS, UNET_CHANNELS, tiny_pipeline
 from hypernet.toy.style import train_style, write_style_dataset
 from hypernet.toy.world import detect_shape, split_scenes, style_score
-from hypernet.train import TrainConfig, train_hypernetwork
+from hypernet.train import TrainConfig, TrainProgress, train_hypernetwork
 from hypernet.train.health import (ImageStats, SnapshotHealth, distortion, fidelity, judge, restore_snapshot,
                                    validation_count, write_health_csv)
 
@@ -104,8 +104,18 @@ def _config(tmp_path: Path, **kw: object) -> tuple[TrainConfig, object, ModelInf
 def test_a_run_measures_every_snapshot(tmp_path: Path) -> None:
     config, pipe, info = _config(tmp_path)
     seen: list[int | None] = []
-    result = train_hypernetwork(config, pipe=pipe, info=info, progress=lambda p: seen.append(p.recommended_step))
+    rows_live_and_on_disk: list[tuple[int, int]] = []
+
+    def progress(p: TrainProgress) -> None:
+        seen.append(p.recommended_step)
+        on_disk = [_csv_rows(f) for f in tmp_path.glob("logs/**/health.csv")]
+        rows_live_and_on_disk.append((len(p.health), len(on_disk[0]) if on_disk else 0))
+
+    result = train_hypernetwork(config, pipe=pipe, info=info, progress=progress)
     assert [h.step for h in result.health] == [0, 2, 4]
+    # every measurement is in health.csv before training goes on (a killed run keeps them), not only at the end
+    assert max(live for live, _ in rows_live_and_on_disk) == 3
+    assert all(disk >= live for live, disk in rows_live_and_on_disk), rows_live_and_on_disk
     assert all(h.validation_loss is not None and h.stats is not None and h.style is not None and h.fidelity is not None
                for h in result.health)
     assert result.health[0].fidelity == 1.0 and result.health[0].path is None

@@ -620,6 +620,8 @@ def measure_health(run: Run, history: History, step: int, path: str | None, prog
         verdict = run.health.measure(step, path, sum(recent) / len(recent) if recent else None, images, loss, run.device)
     finally:
         run.hn.train()
+    if run.outputs is not None and run.procs.main:  # on disk now: a killed run keeps what it measured
+        write_health_csv(run.outputs.root / HEALTH_CSV, run.health.history, verdict)
     history.overcooked = verdict.overcooked and run.config.stop_when_overcooked
     return verdict
 
