@@ -14,17 +14,20 @@ import requests
 from PIL import Image
 
 from hypernet.cli import main
+from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
+from hypernet.engine.checkpoints import load_pipeline
 from hypernet.engine.generate import Generator, Settings
 from hypernet.engine.infotext import parse_infotext, read_infotext
 from hypernet.errors import HypernetError
-from hypernet.grid.axes import Axis, axis_from_text, parse_axis, with_network, with_strength
+from hypernet.grid.axes import (Axis, axis_from_text, parse_axis, with_network,
+                                with_strength)
 from hypernet.grid.layout import annotate, image_grid
-from hypernet.grid.plot import Options, Plot, add_params, network_folder
+from hypernet.grid.plot import (Options, Plot, add_params, network_folder,
+                                run_plot)
 from hypernet.network import Hypernetwork
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.state import ServerConfig
-from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT
 
 PROMPT = "a red circle on a white background, top left"
 CELL = dict(steps=4, sampler_name="Euler a", cfg_scale=5.0, width=64, height=64)
@@ -67,6 +70,17 @@ def test_labels_and_dropdowns() -> None:
     assert parse_axis("Prompt order", "a, b").labels == ["a, b", "b, a"]
     assert parse_axis("Checkpoint name", "models/x.safetensors").labels == ["x.safetensors"]
     assert parse_axis(0).labels == [""]
+
+
+@pytest.mark.slow
+def test_a_plot_from_python_takes_the_models_defaults_for_unset_settings(tmp_path: Path) -> None:
+    """As ``Generator.generate`` does: a base Settings without sampler, size or CFG uses the model's."""
+    pipe, info = load_pipeline(CHECKPOINT)
+    generator = Generator(pipe, info, tmp_path)
+    base = Settings(PROMPT, steps=2, seed=3)
+    result = run_plot(Plot(parse_axis("Seed", "3, 4"), NOTHING, NOTHING), base, generator)
+    single = generator.generate(Settings(PROMPT, steps=2, seed=4))
+    assert len(result.cells) == 2 and np.array_equal(np.asarray(result.cells[1]), np.asarray(single.images[0]))
 
 
 def test_cells_loop_order_and_seeds() -> None:

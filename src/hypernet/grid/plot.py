@@ -160,7 +160,7 @@ def run_plot(plot: Plot, base: Settings, generator: Generator, *, switch_model: 
     """Generate every cell and lay the pictures out. ``switch_model`` loads a Checkpoint axis' models (and, with
     None, the original again); ``hooks.progress`` counts sampling steps over the whole plot."""
     hooks = hooks or Hooks()
-    base = plot.fix_seeds(base)
+    base = plot.fix_seeds(generator.defaults.complete(base))  # settings left unset: the model's, as generate() does
     cells = plot.cells(base)
     if any(c.checkpoint is not None for c in cells) and switch_model is None:
         raise HypernetError("a Checkpoint name axis needs a way to load models here; it is not available.")
