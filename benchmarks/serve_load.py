@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """``hypernet serve`` under load: N concurrent txt2img clients for a bounded time against one server on 127.0.0.1.
 
-The server runs in its own process (``hypernet.server.command.serve``, API only) on a tiny SD1 checkpoint with a
+The server runs in its own process (the ``hypernet serve`` command, API only) on a tiny SD1 checkpoint with a
 hypernetwork, exactly as ``hypernet serve --nowebui`` would. Every client loops: POST ``/sdapi/v1/txt2img`` (every
 other request with ``<hypernet:style:0.7>``), check the answer (HTTP 200, the expected number of raw-base64 PNGs
 of the requested size, an ``info`` JSON string), record the latency. New requests stop at ``--duration``; requests
@@ -45,11 +45,12 @@ from PIL import Image  # noqa: E402
 SERVER = """
 import sys
 from pathlib import Path
-from hypernet.server.command import serve
+from hypernet.cli import main
 from hypernet.server.testing import tiny_server_config
 config = tiny_server_config(sys.argv[1])
-serve(port=int(sys.argv[2]), ckpt=config.ckpt, models_dir=config.models_dir, hypernetwork_dir=config.hypernetwork_dir,
-      data_dir=config.data_dir, log_dir=config.log_dir, outputs_dir=config.outputs_dir, nowebui=True)
+main(["serve", "--port", sys.argv[2], "--ckpt", str(config.ckpt), "--models-dir", str(config.models_dir),
+      "--hypernetwork-dir", str(config.hypernetwork_dir), "--data-dir", str(config.data_dir),
+      "--log-dir", str(config.log_dir), "--outputs-dir", str(config.outputs_dir), "--nowebui"])
 """
 
 
