@@ -32,7 +32,7 @@ from hypernet.engine.generate import Generator, Hooks, Settings
 from hypernet.export import exact_deltas, lora_applied, plan_lora
 from hypernet.network import Hypernetwork, load_hypernetwork
 from hypernet.defaults import TOY_CHECKPOINT as CHECKPOINT, TOY_SIZE as SIZE
-from hypernet.toy.style import TEMPLATES, measure_style, write_style_dataset
+from hypernet.toy.style import measure_style, write_style_dataset
 from hypernet.toy.world import split_scenes
 from hypernet.train import TrainConfig, train_hypernetwork
 
@@ -44,7 +44,7 @@ def train_linear(pipe, info, folder: Path, steps: int) -> Hypernetwork:  # noqa:
     config = TrainConfig(hypernetwork_name="linear-style", learn_rate="2e-3", batch_size=4, data_root=str(folder / "data"),
                          log_directory=str(folder / "log"), training_width=SIZE, training_height=SIZE, steps=steps,
                          latent_sampling_method="deterministic", create_image_every=0, save_hypernetwork_every=0,
-                         template_filename="toy_filewords.txt", templates_dir=str(TEMPLATES),
+                         template_filename="filewords.txt",
                          hypernetwork_dir=str(folder / "hn"), seed=0, device="cpu")
     train_hypernetwork(config, pipe=pipe, info=info)
     return load_hypernetwork(folder / "hn" / "linear-style.pt")
