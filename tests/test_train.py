@@ -72,7 +72,7 @@ def test_outputs_land_where_a1111_users_look(tmp_path: Path, sd1) -> None:
     pipe, info, _, data = sd1
     seen: list[TrainProgress] = []
     processors = pipe.unet.attn_processors
-    config = config_for(tmp_path, data, steps=4, save_hypernetwork_every=2, create_image_every=2, training_write_csv_every=1)
+    config = config_for(tmp_path, data, steps=4, save_hypernetwork_every=2, create_image_every=1, training_write_csv_every=1)
     result = train_hypernetwork(config, pipe=pipe, info=info, progress=seen.append)
 
     assert result.stopped == "finished" and result.step == 4 and result.filename == str(tmp_path / "hypernetworks" / "net.pt")
@@ -91,6 +91,10 @@ def test_outputs_land_where_a1111_users_look(tmp_path: Path, sd1) -> None:
         assert params["Steps"] == "20" and params["Sampler"] == "Euler a" and params["Size-1"] == "64"
         assert params["Model"] == "tiny" and "red thing" in params["Prompt"] and "net" in params["Prompt"]
         assert params["Prompt"].endswith(f" <hypernet:net-{step}:1>")  # this step's snapshot: PNG Info reproduces it
+        assert "Training step" not in params
+    for step in (1, 3):  # previews between snapshots: no file holds the network as it was, so the step is named
+        params = parse_infotext(read_infotext(Image.open(log / "images" / f"net-{step}.png"))[0])
+        assert params["Prompt"].endswith(" <hypernet:net:1>") and params["Training step"] == str(step)
     seeds = {parse_infotext(read_infotext(Image.open(log / "images" / f"net-{s}.png"))[0])["Seed"] for s in (2, 4)}
     assert len(seeds) == 1  # one preview seed per run, so previews compare like with like
 

@@ -554,10 +554,12 @@ def preview(run: Run, history: History, step: int) -> Path:
                             **PREVIEW_DEFAULTS)
     assert run.outputs is not None
     # the infotext's tag names this step's snapshot when there is one (copied into the hypernetwork folder, PNG Info
-    # reproduces the preview), else the network
+    # reproduces the preview); between snapshots no file holds this state, so it names the network and the step
     snapshot = run.outputs.snapshot_path(step)
-    (result,) = render(run, [settings], snapshot.stem if history.last_snapshot == str(snapshot) else c.name)
-    return run.outputs.save_preview(result.images[0], result.infotexts[0], step)
+    saved = history.last_snapshot == str(snapshot)
+    (result,) = render(run, [settings], snapshot.stem if saved else c.name)
+    infotext = result.infotexts[0] if saved else f"{result.infotexts[0]}, Training step: {step}"
+    return run.outputs.save_preview(result.images[0], infotext, step)
 
 
 def render(run: Run, settings: Sequence[Settings], name: str) -> list[Result]:
