@@ -25,7 +25,7 @@ from hypernet.testing import TEXT_WIDTHS, UNET_CHANNELS, save_tensors
 USER, PASSWORD = "ui-user", "ui-pass"
 WAIT_MS = 90_000  # every browser wait is bounded
 
-from ui_browser import ARTIFACTS, launch, sync_api  # noqa: E402 - skips this module where Chromium is missing
+from ui_browser import ARTIFACTS, browser, open_page, sync_api  # noqa: E402, F401 - skips this module where Chromium is missing; browser: the fixture
 
 pytestmark = pytest.mark.slow  # a real Chromium per module
 
@@ -37,26 +37,10 @@ def server(tmp_path_factory):
         yield running, state
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def page(server, browser):
-    """A page of its own for each test: no tab, field or selection left over from another test (tests run alone,
-    in any order, or spread over pytest-xdist workers)."""
-    context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
-                                  viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
-    page.goto(server[0].url + "/")
-    page.wait_for_selector("#txt2img_prompt textarea")
-    yield page
-    context.close()
+    with open_page(browser, server[0].url, WAIT_MS, http_credentials={"username": USER, "password": PASSWORD}) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")

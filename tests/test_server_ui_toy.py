@@ -3,11 +3,13 @@ Playwright + Debian's Chromium, as tests/test_server_ui.py; screenshots in $HYPE
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -17,14 +19,15 @@ from hypernet.network import Hypernetwork
 from hypernet.server import ServerState, create_app
 from hypernet.server.app import BackgroundServer
 from hypernet.server.state import ServerConfig
-from hypernet.testing import save_tensors
-from hypernet.toy.world import detect_colour, detect_shape
+from hypernet.testing import save_single_file, save_tensors, tiny_pipeline
+from hypernet.toy.style import measure_style, train_style, write_style_dataset
+from hypernet.toy.world import detect_colour, detect_shape, split_scenes
 
 pytestmark = pytest.mark.slow  # every test here builds models, servers or browsers
 
 WAIT_MS = 90_000
 
-from ui_browser import ARTIFACTS, launch, sync_api  # noqa: E402 - skips this module where Chromium is missing
+from ui_browser import ARTIFACTS, browser, open_page, wait_for_text  # noqa: E402, F401 - skips this module where Chromium is missing; browser: the fixture
 
 
 @pytest.fixture(scope="module")
@@ -40,25 +43,10 @@ def fresh(tmp_path_factory):
     state.close()
 
 
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        browser = launch(playwright)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def page(browser, fresh):
-    """A page of its own for each test: no tab, field or selection left over from another test (tests run alone,
-    in any order, or spread over pytest-xdist workers)."""
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
-    page.goto(fresh[0].url + "/")
-    page.wait_for_selector("#txt2img_prompt textarea")
-    yield page
-    context.close()
+    with open_page(browser, fresh[0].url, WAIT_MS) as page:
+        yield page
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +72,7 @@ def test_first_generation_with_no_setting_touched_is_the_models_size_and_shown_w
     page.fill("#txt2img_prompt textarea", "a red circle on a white background, center")
     start = time.monotonic()
     page.click("#txt2img_generate")
-    page.wait_for_function("(document.querySelector('#txt2img_status') || {innerText: ''}).innerText.includes('image(s)')")
+    wait_for_text(page, "#txt2img_status", "image(s)")
     seconds = time.monotonic() - start
     img = page.locator("#txt2img_gallery img").first
     img.wait_for()
@@ -112,12 +100,12 @@ def test_a_failed_create_leaves_the_train_tab_usable_and_nothing_preselected(pag
     page.fill("#create_name textarea", "broken")
     page.fill("#create_layers textarea", "2, 1")
     page.click("#create_button")
-    page.wait_for_function("(document.querySelector('#create_status') || {innerText: ''}).innerText.includes('Error')")
+    wait_for_text(page, "#create_status", "Error")
     shot(page, "toy-2-create-error")
     page.fill("#create_name textarea", "сова")  # Cyrillic: a name A1111 users have
     page.fill("#create_layers textarea", "1, 2, 1")
     page.click("#create_button")
-    page.wait_for_function("(document.querySelector('#create_status') || {innerText: ''}).innerText.includes('Created')")
+    wait_for_text(page, "#create_status", "Created")
     open_tab(page, "Train", "Train")
     dropdown = page.locator("#train_hypernetwork input")
     assert dropdown.input_value() == ""  # not preselected: the user picks the network to train
@@ -151,8 +139,6 @@ def test_cards_flag_unfit_networks_toggle_their_tag_search_and_render_cyrillic(p
 
 
 def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_average(page, fresh, owl) -> None:
-    from hypernet.toy.style import write_style_dataset
-
     _, state = fresh
     write_style_dataset(state.config.data_dir / "sepia")
     open_tab(page, "Train", "Train")
@@ -169,10 +155,10 @@ def test_training_with_the_models_defaults_shows_progress_eta_and_a_moving_avera
     text = page.inner_text("#train_progress")
     assert re.search(r"step \d+/300 · [\d.]+ it/s · ETA \d+:\d\d", text), text
     assert re.search(r"step \d+ of 300", page.inner_text("#train_status"))
-    page.wait_for_function("(document.querySelector('#train_loss') || {innerText: ''}).innerText.includes('moving average of')")
+    wait_for_text(page, "#train_loss", "moving average of")
     shot(page, "toy-6-training-progress")
     page.click("#train_interrupt")
-    page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes('interrupted')")
+    wait_for_text(page, "#train_status", "interrupted")
     assert state.last_training.result.stopped == "interrupted"
 
 
@@ -183,12 +169,6 @@ def _text(page, selector: str) -> str:
 def test_training_health_settings_table_and_over_cooked_warning(page, fresh) -> None:
     """The Train tab's health settings reach the run; the table shows every measured snapshot with the recommended
     one marked; a run at 10x the demo's rate with "Stop when over-cooked" says it over-cooked and what it kept."""
-    import csv
-
-    from hypernet.engine.model_defaults import network_widths
-    from hypernet.network import Hypernetwork
-    from hypernet.toy.style import write_style_dataset
-
     _, state = fresh
     generator = state.model.generator
     write_style_dataset(state.config.data_dir / "sepia-health")
@@ -208,10 +188,8 @@ def test_training_health_settings_table_and_over_cooked_warning(page, fresh) -> 
     probes.fill("2")
     probes.press("Enter")
     page.click("#train_button")
-    page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes("
-                           "'Training finished at step 8')", timeout=300_000)
-    page.wait_for_function("(document.querySelector('#train_health') || {innerText: ''}).innerText.includes("
-                           "'health-ui-8.pt')")
+    wait_for_text(page, "#train_status", "Training finished at step 8", timeout=300_000)
+    wait_for_text(page, "#train_health", "health-ui-8.pt")
     result = state.last_training.result
     assert [h.step for h in result.health] == [0, 4, 8] and all(h.validation_loss is not None for h in result.health)
     assert result.health[1].stats is not None and result.recommended_step == 8, [h.row() for h in result.health]
@@ -228,10 +206,8 @@ def test_training_health_settings_table_and_over_cooked_warning(page, fresh) -> 
         page.fill(f"#{elem_id} input", value)
     page.check("#train_stop_overcooked input")
     page.click("#train_button")
-    page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes("
-                           "'Training stopped at step')", timeout=300_000)
-    page.wait_for_function("(document.querySelector('#train_health_note') || {innerText: ''}).innerText.includes("
-                           "'Over-cooked')")
+    wait_for_text(page, "#train_status", "Training stopped at step", timeout=300_000)
+    wait_for_text(page, "#train_health_note", "Over-cooked")
     hot = state.last_training.result
     assert hot.stopped == "overcooked" and hot.start_step == 8 and hot.health[-1].distorted
     note = _text(page, "#train_health_note")
@@ -285,8 +261,6 @@ def test_the_extra_networks_panel_under_the_prompt_toggles_a_cards_tag(page, fre
 def test_img2img_resize_mode_crops_a_tall_init_image(page, fresh, tmp_path) -> None:
     """A 64x192 init image in three bands (red, blue, red): "Just resize" squeezes all three into the 64x64 output,
     "Crop and resize" keeps the middle (blue) third, as A1111 does."""
-    import numpy as np
-
     bands = np.zeros((192, 64, 3), np.uint8)
     bands[:64], bands[64:128], bands[128:] = (220, 30, 30), (30, 30, 220), (220, 30, 30)
     source = tmp_path / "tall.png"
@@ -335,7 +309,7 @@ def test_preprocess_options_beyond_a1111s_first_row_reach_the_library(page, fres
     overlap.fill("0")
     overlap.press("Enter")
     page.click("#pre_button")
-    page.wait_for_function("(document.querySelector('#pre_status') || {innerText: ''}).innerText.includes('finished')")
+    wait_for_text(page, "#pre_status", "finished")
     assert "4 image(s)" in page.inner_text("#pre_status"), page.inner_text("#pre_status")
     assert len(list((state.config.data_dir / "tall-dst").glob("*.png"))) == 4
     shot(page, "toy-9-preprocess-options")
@@ -346,9 +320,6 @@ def test_training_from_the_ui_with_default_settings_styles_as_much_as_the_demo(p
     """The issue's acceptance: a network of the demo's shape, trained from the Train tab with every setting left as
     the model's defaults (300 steps, 'once' latent sampling), raises the demo's style score as much as the demo's
     own training does (within 0.1)."""
-    from hypernet.toy.style import measure_style, train_style, write_style_dataset
-    from hypernet.toy.world import split_scenes
-
     _, state = fresh
     write_style_dataset(state.config.data_dir / "sepia-style")
     open_tab(page, "Train", "Create hypernetwork")
@@ -357,15 +328,14 @@ def test_training_from_the_ui_with_default_settings_styles_as_much_as_the_demo(p
         page.locator(f"#{elem_id} input").click()
         page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
     page.click("#create_button")
-    page.wait_for_function("(document.querySelector('#create_status') || {innerText: ''}).innerText.includes('ui-style')")
+    wait_for_text(page, "#create_status", "ui-style")
     open_tab(page, "Train", "Train")
     page.click("#train_hypernetwork input")
     page.locator("ul[role=listbox] li", has_text="ui-style").first.click()
     page.fill("#train_data textarea", "sepia-style")
     assert page.locator("#train_sampling input").input_value() == "once"  # A1111's default, now sound on the toy VAE
     page.click("#train_button")
-    page.wait_for_function("(document.querySelector('#train_status') || {innerText: ''}).innerText.includes("
-                           "'Training finished at step 300')", timeout=900_000)
+    wait_for_text(page, "#train_status", "Training finished at step 300", timeout=900_000)
     shot(page, "toy-7-training-finished")
 
     generator, scenes = state.model.generator, split_scenes()[1][:6]
@@ -419,7 +389,7 @@ def test_settings_tab_sets_clip_skip_and_the_default_network(page, fresh) -> Non
         page.locator("#setting_CLIP_stop_at_last_layers input[type=number]").fill("2")
         page.locator("#setting_CLIP_stop_at_last_layers input[type=number]").press("Enter")
         page.click("#settings_submit")
-        page.wait_for_function("(document.querySelector('#settings_result') || {innerText: ''}).innerText.includes('applied')")
+        wait_for_text(page, "#settings_result", "applied")
         assert state.option("CLIP_stop_at_last_layers") == 2
         shot(page, "toy-9-settings")
     finally:  # the server is shared with the other tests: they generate with CLIP skip 1
@@ -427,8 +397,6 @@ def test_settings_tab_sets_clip_skip_and_the_default_network(page, fresh) -> Non
 
 
 def test_checkpoint_dropdown_switches_models_and_back_with_their_defaults(page, fresh) -> None:
-    from hypernet.testing import save_single_file, tiny_pipeline
-
     _, state = fresh
     toy = state.model.checkpoint
     save_single_file(tiny_pipeline("sd1"), state.config.models_dir / "tiny.safetensors", "sd1")
