@@ -183,10 +183,13 @@ def test_training_health_settings_table_and_over_cooked_warning(page, fresh) -> 
     for elem_id, value in (("train_steps", "8"), ("train_save_every", "4"), ("train_image_every", "0")):
         page.fill(f"#{elem_id} input", value)
     page.get_by_text("Training health", exact=True).click()
-    page.fill("#train_validation_split input", "2")
-    probes = page.locator("#train_health_probes input[type=number]")
-    probes.fill("2")
-    probes.press("Enter")
+    # the accordion mounts its inputs when it opens: a value typed before its last one is there can be reset
+    page.locator("#train_stop_overcooked input").wait_for()
+    for selector in ("#train_validation_split input", "#train_health_probes input[type=number]"):
+        box = page.locator(selector)
+        box.fill("2")
+        box.press("Enter")
+        assert box.input_value() == "2", selector
     page.click("#train_button")
     wait_for_text(page, "#train_status", "Training finished at step 8", timeout=300_000)
     wait_for_text(page, "#train_health", "health-ui-8.pt")
