@@ -671,8 +671,6 @@ def finish(run: Run, history: History, stopped: str, progress: ProgressCallback 
     if out is not None:
         out.write_loss_curve(history.losses)
         out.write_contact_sheet(marked=verdict.best_step if verdict else None)
-        if run.health is not None and verdict is not None:
-            write_health_csv(out.root / HEALTH_CSV, run.health.history, verdict)
     if stopped != "error":
         run.procs.barrier()
     warnings = list(run.warnings) + history.warnings
